@@ -11,14 +11,16 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
+SHELL := /bin/bash
+
 .PHONY: demo test test-all lint bench venv clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# This machine's pip config names index folders that may not exist: drop that noise only.
+	@set -o pipefail; $(BIN)/python -m pip install -q -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@touch $(STAMP)
 
 demo: $(STAMP)

