@@ -113,6 +113,8 @@ def read_gsv_cities(root: str | os.PathLike[str]) -> tuple[pl.DataFrame, pl.Data
                         "heading": deg,
                         "path": str(folder / found),
                         "source": "gsv_cities",
+                        "_row": line_no,
+                        "_src": str(csv_path),
                     }
                 )
     return _finish(rows), rejects_frame(rejects)

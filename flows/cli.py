@@ -1,0 +1,179 @@
+"""The ``worldnet`` command line.
+
+``worldnet demo`` generates the synthetic default world (if absent), runs the
+whole pipeline under Prefect with MLflow tracking, and prints the paper's table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+app = typer.Typer(help="worldnet: continuous GPS prediction from street-level photos (worldNET).", no_args_is_help=True, add_completion=False)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder to write Dataframes/ and Images/ into.")] = Path(".worldnet/data/synthetic"),
+    cities: Annotated[list[str] | None, typer.Option("--cities", help="City names (repeat the option); default: the 23 GSV-Cities.")] = None,
+    extra_cities: Annotated[bool, typer.Option(help="Add Sydney, Tokyo, Cape Town, ... for unseen-city experiments.")] = False,
+    per_city: Annotated[int, typer.Option(help="Mean images per city (total = per_city × cities).")] = 100,
+    size: Annotated[str, typer.Option(help="Image size WxH.")] = "400x300",
+    seed: Annotated[int, typer.Option(help="Sampling seed; same arguments give byte-identical files.")] = 0,
+    balanced: Annotated[bool, typer.Option(help="Same number of images per city (default: Eurocentric like GSV-Cities).")] = False,
+    preview: Annotated[Path | None, typer.Option(help="Also write a contact sheet PNG (one row per city).")] = None,
+) -> None:
+    """Generate the synthetic GSV-Cities world (official layout, geography-driven scenes)."""
+    from worldnet.data.synthetic import SynthConfig, contact_sheet, generate
+
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"--size must look like 400x300, got {size!r}") from None
+    s = generate(SynthConfig(out=out, cities=cities, extra_cities=extra_cities, per_city=per_city, size=(w, h), seed=seed, eurocentric=not balanced))
+    typer.echo(f"wrote {s.n_images} images of {len(s.images_per_city)} cities to {out} in {s.seconds:.1f}s")
+    if preview:
+        typer.echo(f"contact sheet: {contact_sheet(out, preview)}")
+
+
+def _config(data_root: Path, root: Path, backbone: str, weights: str | None, dataset_kind: str, strict: bool, head_mode: str, cluster: str, k: int, seed: int, unseen: list[str] | None):
+    from tasks.stages import PipelineConfig
+
+    return PipelineConfig(
+        data_root=str(data_root), root=str(root), backbone=backbone, backbone_weights=weights, dataset_kind=dataset_kind,
+        strict=strict, head_mode=head_mode, cluster_strategy=cluster, k=k, seed=seed, unseen_cities=unseen or None,
+    )
+
+
+def _print_results(result: dict, root: Path) -> None:
+    summary = result.get("train_evaluate") or {}
+    titles = {"seen": "Figure 4a: unseen images of seen cities", "unseen": "Figure 4b: unseen images of unseen cities"}
+    for proto, s in summary.items():
+        typer.echo(f"\n{titles.get(proto, proto)}\n{s['table']}")
+    rep = result.get("report") or {}
+    if rep:
+        typer.echo(f"\nreport: {rep.get('report')}\nmaps:   {rep.get('seen_map')}, {rep.get('unseen_map')}")
+    if "register" in result:
+        typer.echo(f"registry: worldnet v{result['register'].get('version')} {result['register'].get('decision')}")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    typer.echo(f"MLflow UI: mlflow ui --backend-store-uri {uri}")
+    t = result.get("timings", {})
+    if t:
+        typer.echo("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+
+
+@app.command()
+def run(
+    data_root: Annotated[Path, typer.Option(help="Input dataset (GSV-Cities layout by default).")] = Path(".worldnet/data/synthetic"),
+    root: Annotated[Path, typer.Option(help="Catalog root: every artifact and the MLflow store live here.")] = Path(".worldnet"),
+    only: Annotated[str | None, typer.Option(help="Run just this stage, reusing upstream artifacts.")] = None,
+    from_stage: Annotated[str | None, typer.Option("--from", help="Run from this stage to the end.")] = None,
+    dataset_kind: Annotated[str, typer.Option(help="gsv_cities | gsv_metadata | flat | csv")] = "gsv_cities",
+    backbone: Annotated[str, typer.Option(help="Feature backbone (efficientnet_lite0, vgg19, tiny_random, ...).")] = "efficientnet_lite0",
+    weights: Annotated[str | None, typer.Option(help="Weights file for backbones you supply (vgg19).")] = None,
+    head_mode: Annotated[str, typer.Option(help="Interpolation head training: in_sample (paper) or crossfit.")] = "in_sample",
+    cluster: Annotated[str, typer.Option(help="Clustering: city (paper) or kmeans.")] = "city",
+    k: Annotated[int, typer.Option(help="Clusters for kmeans.")] = 23,
+    unseen: Annotated[list[str] | None, typer.Option(help="Cities held out for the unseen protocol (repeat); default 5 by seed.")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail if any input row is rejected (same report).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
+) -> None:
+    """Run the pipeline (or one stage of it) under Prefect with MLflow tracking.
+
+    Stages: ingest, debias, split, shard, extract_features, train_evaluate, report, register.
+    """
+    from flows.pipeline import pipeline
+
+    cfg = _config(data_root, root, backbone, weights, dataset_kind, strict, head_mode, cluster, k, seed, unseen)
+    result = pipeline(cfg, from_stage=from_stage, only=only)
+    _print_results(result, root)
+
+
+@app.command()
+def demo(
+    root: Annotated[Path, typer.Option(help="Where the synthetic data, artifacts and MLflow store go.")] = Path(".worldnet"),
+    backbone: Annotated[str, typer.Option(help="Feature backbone.")] = "efficientnet_lite0",
+    per_city: Annotated[int, typer.Option(help="Mean synthetic images per city.")] = 100,
+) -> None:
+    """Generate the synthetic world if absent, run the full pipeline, print the results."""
+    from flows.pipeline import pipeline
+    from worldnet.data.synthetic import SynthConfig, generate
+
+    t0 = time.perf_counter()
+    data = root / "data" / "synthetic"
+    if not (data / "Dataframes").is_dir():
+        typer.echo(f"generating the synthetic GSV-Cities world in {data} ...")
+        generate(SynthConfig(out=data, per_city=per_city))
+    cfg = _config(data, root, backbone, None, "gsv_cities", False, "in_sample", "city", 23, 0, None)
+    result = pipeline(cfg)
+    _print_results(result, root)
+    stage_total = sum(result.get("timings", {}).values())
+    total = time.perf_counter() - t0
+    typer.echo(f"total {total:.0f}s; in stages {stage_total:.0f}s")
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Photo files to geolocate.")],
+    model: Annotated[str, typer.Option(help="A registry URI (models:/worldnet@champion) or a worldnet.pt file.")] = "models:/worldnet@champion",
+    root: Annotated[Path, typer.Option(help="Catalog root holding the MLflow store.")] = Path(".worldnet"),
+    top_k: Annotated[int, typer.Option(help="How many clusters to list.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
+) -> None:
+    """Predict lat, lon, country and continent for photos, with the top clusters."""
+    from worldnet.models.predictor import ImageInputError, Predictor
+
+    if model.startswith("models:/"):
+        import mlflow
+
+        from tasks.tracking import configure_mlflow
+
+        configure_mlflow(root)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+        except Exception as exc:  # noqa: BLE001
+            typer.echo(f"error: cannot load {model} from {mlflow.get_tracking_uri()} ({exc}); run `worldnet demo` first", err=True)
+            raise typer.Exit(2) from exc
+        found = list(local.rglob("*.pt"))
+        if not found:
+            typer.echo(f"error: {model} has no worldnet .pt artifact", err=True)
+            raise typer.Exit(2)
+        model_path = found[0]
+    else:
+        model_path = Path(model)
+    predictor = Predictor.load(model_path)
+    status = 0
+    for img in images:
+        try:
+            p = predictor.predict_paths([str(img)], top_k=top_k)[0]
+        except ImageInputError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            status = 1
+            continue
+        if as_json:
+            typer.echo(json.dumps(p.as_dict()))
+        else:
+            tops = ", ".join(f"{n} {q:.2f}" for n, q in p.top_clusters)
+            typer.echo(f"{p.path}: {p.lat:.4f}, {p.lon:.4f}  {p.country} {p.continent}  top: {tops}")
+    raise typer.Exit(status)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,82 @@
+"""The whole chain on a tiny world: real Prefect (test harness), real SQLite MLflow, real registry."""
+
+import json
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.pipeline import pipeline, select_stages
+from tasks.stages import PipelineConfig
+from worldnet.catalog import Catalog, MissingArtifactError
+from worldnet.data.synthetic import SynthConfig, generate
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_stage_selection():
+    assert select_stages(only="report") == ["report"]
+    assert select_stages(from_stage="report") == ["report", "register"]
+    with pytest.raises(ValueError, match="unknown stage"):
+        select_stages(only="nope")
+
+
+def test_missing_artifact_names_its_stage(tmp_path):
+    cat = Catalog.from_yaml(tmp_path, data_root=str(tmp_path), backbone="x")
+    with pytest.raises(MissingArtifactError, match="'split' stage"):
+        cat.load("splits")
+
+
+def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tmp_path / "data"
+    generate(SynthConfig(out=data, cities=["Madrid", "PRS", "Bangkok", "Boston", "Melbourne"], per_city=16, size=(64, 48)), progress=False)
+    cfg = PipelineConfig(data_root=str(data), root=str(tmp_path / "root"), backbone="tiny_random", n_unseen=1, shard_size=32, image_width=64, image_height=48, progress=False)
+    out = pipeline(cfg)
+    cat = cfg.catalog()
+    for name in ("manifest_raw", "rejects", "manifest_debiased", "splits", "image_shards", "feature_shards", "report"):
+        assert cat.exists(name), name
+    for proto in ("seen", "unseen"):
+        assert cat.exists("predictions", protocol=proto)
+        assert "worldNET" in cat.load("metrics", protocol=proto)["model"].to_list()
+    assert (cat.path("report") / "report.md").read_text().count("## Figure 4") == 2
+
+    client = MlflowClient(tracking_uri=mlflow.get_tracking_uri())
+    parent = client.get_run(out["mlflow_run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    stages = {r.data.tags["stage"] for r in children}
+    assert {"ingest", "shard", "train_evaluate", "register"} <= stages
+    ingest_run = next(r for r in children if r.data.tags["stage"] == "ingest")
+    assert ingest_run.data.metrics["rows"] > 0
+    assert any(k.startswith("input.") for k in next(r for r in children if r.data.tags["stage"] == "split").data.tags)
+    champion = client.get_model_version_by_alias("worldnet", "champion")
+    assert champion.version == out["register"]["version"]
+
+    img = next((data / "Images" / "Madrid").glob("*.jpg"))
+    res = CliRunner().invoke(app, ["predict", str(img), "--root", cfg.root, "--json"])
+    assert res.exit_code == 0, res.output
+    line = json.loads([ln for ln in res.output.splitlines() if ln.startswith("{")][0])
+    assert -90 <= line["lat"] <= 90 and -180 <= line["lon"] <= 180
+    bad = CliRunner().invoke(app, ["predict", str(tmp_path / "nope.jpg"), "--root", cfg.root])
+    assert bad.exit_code == 1
+
+
+@pytest.mark.real_data
+def test_predict_real_photo(harness, tmp_path, shared_data, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tmp_path / "data"
+    generate(SynthConfig(out=data, cities=["Madrid", "Bangkok", "Boston", "Melbourne"], per_city=12, size=(64, 48)), progress=False)
+    cfg = PipelineConfig(data_root=str(data), root=str(tmp_path / "root"), backbone="tiny_random", n_unseen=1, image_width=64, image_height=48, progress=False)
+    pipeline(cfg)
+    photo = sorted((shared_data / "osv5m_sample" / "images").glob("*.jpg"))[0]
+    res = CliRunner().invoke(app, ["predict", str(photo), "--root", cfg.root, "--json"])
+    assert res.exit_code == 0, res.output
+    line = json.loads([ln for ln in res.output.splitlines() if ln.startswith("{")][0])
+    assert line["continent"] and -90 <= line["lat"] <= 90

@@ -1,0 +1,77 @@
+"""The data catalog: every artifact by name, never a hand-built path.
+
+The YAML in ``data_catalog/catalog.yml`` names each dataset with a path
+template, format, layer and the stage that produces it. Stages ask the catalog
+for ``catalog.path("splits")`` or ``catalog.load("splits")``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from worldnet.io import write_with_atomic
+
+DEFAULT_CATALOG = Path(__file__).resolve().parents[1] / "data_catalog" / "catalog.yml"
+DEFAULT_ROOT = Path(".worldnet")
+
+
+class MissingArtifactError(FileNotFoundError):
+    """An artifact a stage needs is not there yet."""
+
+
+@dataclass
+class Catalog:
+    """Resolves artifact names to paths under ``root`` and loads/saves tabular ones."""
+
+    root: Path = DEFAULT_ROOT
+    params: dict[str, str] = field(default_factory=dict)
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_yaml(cls, root: str | os.PathLike[str] = DEFAULT_ROOT, path: str | os.PathLike[str] = DEFAULT_CATALOG, **params: str) -> Catalog:
+        with open(path) as fh:
+            entries = yaml.safe_load(fh)
+        return cls(Path(root).resolve(), {k: str(v) for k, v in params.items()}, entries)
+
+    def entry(self, name: str) -> dict[str, Any]:
+        if name not in self.entries:
+            raise KeyError(f"{name!r} is not in the data catalog; known: {', '.join(sorted(self.entries))}")
+        return self.entries[name]
+
+    def path(self, name: str, **kw: str) -> Path:
+        """The resolved path of ``name`` (``kw`` fills templates like ``{protocol}``)."""
+        values = {"root": str(self.root), **self.params, **kw}
+        try:
+            return Path(self.entry(name)["path"].format(**values))
+        except KeyError as exc:
+            raise KeyError(f"catalog entry {name!r} needs parameter {exc} (pass it as a keyword)") from exc
+
+    def exists(self, name: str, **kw: str) -> bool:
+        p = self.path(name, **kw)
+        return p.is_dir() and any(p.iterdir()) if p.suffix == "" else p.is_file()
+
+    def require(self, name: str, **kw: str) -> Path:
+        """The path of ``name``, or an error naming the stage that produces it."""
+        if not self.exists(name, **kw):
+            stage = self.entry(name).get("produced_by", "?")
+            raise MissingArtifactError(
+                f"artifact {name!r} is missing at {self.path(name, **kw)}: run the {stage!r} stage first "
+                f"(`worldnet run --only {stage}` or `worldnet run --from {stage}`)"
+            )
+        return self.path(name, **kw)
+
+    def load(self, name: str, **kw: str) -> pl.DataFrame:
+        """Load a Parquet artifact."""
+        return pl.read_parquet(self.require(name, **kw))
+
+    def save(self, name: str, df: pl.DataFrame, **kw: str) -> Path:
+        """Save a Parquet artifact atomically."""
+        p = self.path(name, **kw)
+        write_with_atomic(p, lambda tmp: df.write_parquet(tmp))
+        return p

@@ -1,0 +1,152 @@
+"""The deployable predictor: photo → (lat, lon, country, continent, top clusters).
+
+Bundles the backbone name, the trained worldNET (standardiser, classifier,
+interpolation head, centroids) and the land-snap setting in one ``.pt`` file,
+loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from worldnet.data.shards import MAX_PIXELS
+from worldnet.features.backbones import Backbone, build_backbone
+from worldnet.features.extract import embed_images
+from worldnet.geo.land import snap_to_land
+from worldnet.geo.regions import continent_of, country_of
+from worldnet.models.worldnet_model import CentroidClassifier, InterpolationHead, Standardiser, WorldNet
+from worldnet.io import write_with_atomic
+
+
+class ImageInputError(ValueError):
+    """A file given to ``predict`` is missing, not an image, or too large."""
+
+
+def save_worldnet(wn: WorldNet, path: str | Path, *, backbone: str, snap: bool = True) -> Path:
+    """Write a trained worldNET and its settings to one file, atomically."""
+    blob = {
+        "backbone": backbone,
+        "snap": snap,
+        "mode": wn.mode,
+        "mean": torch.from_numpy(wn.standardiser.mean),
+        "std": torch.from_numpy(wn.standardiser.std),
+        "centroids": torch.from_numpy(np.asarray(wn.centroids_latlon, dtype=np.float64)),
+        "names": list(wn.centroid_names),
+        "dims": [int(wn.classifier.net[1].in_features), int(wn.classifier.net[1].out_features), int(wn.head.mlp[0].out_features)],
+        "classifier": wn.classifier.state_dict(),
+        "head": wn.head.state_dict(),
+    }
+
+    def _w(tmp: Path) -> None:
+        buf = io.BytesIO()
+        torch.save(blob, buf)
+        tmp.write_bytes(buf.getvalue())
+
+    write_with_atomic(path, _w)
+    return Path(path)
+
+
+def load_worldnet(path: str | Path) -> tuple[WorldNet, str, bool]:
+    """Load what :func:`save_worldnet` wrote: (model, backbone name, snap setting)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    dim, hidden, head_hidden = blob["dims"]
+    c = blob["centroids"].numpy()
+    clf = CentroidClassifier(dim, len(c), hidden)
+    clf.load_state_dict(blob["classifier"])
+    clf.eval()
+    head = InterpolationHead(c, head_hidden)
+    head.load_state_dict(blob["head"])
+    head.eval()
+    wn = WorldNet(Standardiser(blob["mean"].numpy(), blob["std"].numpy()), clf, head, c, list(blob["names"]), blob["mode"])
+    return wn, str(blob["backbone"]), bool(blob["snap"])
+
+
+@dataclass
+class Prediction:
+    """One photo's answer."""
+
+    path: str
+    lat: float
+    lon: float
+    country: str
+    continent: str
+    top_clusters: list[tuple[str, float]]
+    snapped_km: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "lat": self.lat,
+            "lon": self.lon,
+            "country": self.country,
+            "continent": self.continent,
+            "top_clusters": [{"name": n, "p": p} for n, p in self.top_clusters],
+            "snapped_km": self.snapped_km,
+        }
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open a photo for prediction, with errors that say what is wrong."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageInputError(f"{p}: no such file")
+    try:
+        img = Image.open(p)
+        if img.width * img.height > MAX_PIXELS:
+            raise ImageInputError(f"{p}: {img.width}x{img.height} is over the {MAX_PIXELS:,}-pixel limit (decompression bomb?)")
+        img.load()
+    except ImageInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+        raise ImageInputError(f"{p}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    return img.convert("RGB")
+
+
+class Predictor:
+    """A loaded model ready to geolocate photos."""
+
+    def __init__(self, model: WorldNet, backbone: Backbone, snap: bool = True):
+        self.model = model
+        self.backbone = backbone
+        self.snap = snap
+
+    @classmethod
+    def load(cls, path: str | Path, weights: str | None = None) -> Predictor:
+        wn, backbone, snap = load_worldnet(path)
+        return cls(wn, build_backbone(backbone, weights), snap)
+
+    def predict_features(self, X: np.ndarray, names: list[str], top_k: int = 3) -> list[Prediction]:
+        latlon, probs = self.model.predict(X)
+        moved = np.zeros(len(latlon))
+        if self.snap:
+            s = snap_to_land(latlon[:, 0], latlon[:, 1])
+            latlon = np.stack([s.lat, s.lon], 1)
+            moved = s.moved_km
+        countries = country_of(latlon[:, 0], latlon[:, 1])
+        continents = continent_of(latlon[:, 0], latlon[:, 1])
+        out = []
+        for i, name in enumerate(names):
+            top = np.argsort(-probs[i])[:top_k]
+            out.append(
+                Prediction(
+                    name,
+                    float(latlon[i, 0]),
+                    float(latlon[i, 1]),
+                    str(countries[i]),
+                    str(continents[i]),
+                    [(self.model.centroid_names[j], float(probs[i, j])) for j in top],
+                    float(moved[i]),
+                )
+            )
+        return out
+
+    def predict_paths(self, paths: list[str], top_k: int = 3) -> list[Prediction]:
+        """Geolocate photo files (raises :class:`ImageInputError` for a bad one)."""
+        images = [open_image(p) for p in paths]
+        return self.predict_features(embed_images(self.backbone, images), [str(p) for p in paths], top_k)

@@ -1,0 +1,161 @@
+"""The results report: the paper's Figure 4a/4b tables plus the field's columns, and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from worldnet.evaluate import PROTOCOL_TITLES, ProtocolResult
+from worldnet.geo.regions import CONTINENTS
+from worldnet.io import write_text_atomic, write_with_atomic
+
+
+def paper_table(metrics: pl.DataFrame) -> str:
+    """The paper's fixed-width table: model, mean distance in metres, share under 1,000 km."""
+    lines = [f"  {'':<28}{'mean distance':>16}{'<1,000km':>11}", " " + "-" * 28 + " " + "-" * 15 + " " + "-" * 9]
+    for r in metrics.iter_rows(named=True):
+        lines.append(f"  {r['model']:<28}{round(r['mean_km'] * 1000):>14} m{r['acc_1000km']:>11.4f}")
+    return "\n".join(lines)
+
+
+def markdown_table(metrics: pl.DataFrame) -> str:
+    """Paper columns first, then median, CI, standard thresholds, continent accuracy, GeoScore."""
+    head = (
+        "| model | mean distance | <1,000km | median km | mean km (95% CI) | 1 km | 25 km | 200 km | 750 km | 2500 km | continent | GeoScore |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    rows = [
+        f"| {r['model']} | {round(r['mean_km'] * 1000):,} m | {r['acc_1000km']:.3f} | {r['median_km']:,.0f} | "
+        f"{r['mean_km']:,.0f} ({r['mean_km_lo']:,.0f}–{r['mean_km_hi']:,.0f}) | {r['acc_1km']:.3f} | {r['acc_25km']:.3f} | "
+        f"{r['acc_200km']:.3f} | {r['acc_750km']:.3f} | {r['acc_2500km']:.3f} | {r['continent_acc']:.3f} | {r['geoscore']:,.0f} |"
+        for r in metrics.iter_rows(named=True)
+    ]
+    return "\n".join([head, *rows])
+
+
+def write_report(results: list[ProtocolResult], out_dir: str | Path, *, n_map: int = 150, seed: int = 0) -> dict[str, Path]:
+    """Write report.md, metrics.csv and the plots; returns the paths by name."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    md = ["# worldnet results", ""]
+    figure = {"seen": "4a", "unseen": "4b"}
+    for r in results:
+        md += [f"## Figure {figure.get(r.protocol, '')}: {PROTOCOL_TITLES[r.protocol]}", "", "```text", paper_table(r.metrics), "```", ""]
+        md += [markdown_table(r.metrics), ""]
+        md += [
+            f"worldNET classifier: validation accuracy {r.classifier.get('val_accuracy', 0):.3f}, "
+            f"train accuracy {r.classifier.get('train_accuracy', 0):.3f}; head mode `{r.worldnet.mode}`; "
+            f"land snapping moved {int(r.snap.get('snapped', 0))} predictions "
+            f"(mean {r.snap.get('snap_mean_km', 0):.1f} km, max {r.snap.get('snap_max_km', 0):.1f} km).",
+            "",
+            f"![map]({r.protocol}_map.png) ![cdf]({r.protocol}_cdf.png) ![confusion]({r.protocol}_confusion.png)",
+            "",
+        ]
+        paths[f"{r.protocol}_map"] = plot_map(r, out / f"{r.protocol}_map.png", n=n_map, seed=seed)
+        paths[f"{r.protocol}_cdf"] = plot_cdf(r, out / f"{r.protocol}_cdf.png")
+        paths[f"{r.protocol}_confusion"] = plot_confusion(r, out / f"{r.protocol}_confusion.png")
+    all_metrics = pl.concat([r.metrics.with_columns(protocol=pl.lit(r.protocol)) for r in results])
+    write_with_atomic(out / "metrics.csv", lambda tmp: all_metrics.write_csv(tmp))
+    write_text_atomic(out / "report.md", "\n".join(md))
+    paths["report"] = out / "report.md"
+    paths["metrics_csv"] = out / "metrics.csv"
+    return paths
+
+
+def _save(fig: object, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    write_with_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]
+    return path
+
+
+def plot_map(result: ProtocolResult, path: Path, *, n: int = 150, seed: int = 0) -> Path:
+    """World map per model: truth → prediction segments for a sample of test images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import geopandas as gpd
+    import matplotlib.pyplot as plt
+
+    from worldnet.geo.naturalearth import load_countries
+
+    import shapely
+
+    # a 0.2° simplification is invisible at this scale and draws ~20x faster
+    world = gpd.GeoSeries(shapely.simplify(load_countries().geometry, 0.2))
+    models = result.metrics["model"].to_list()
+    cols = 2
+    rows = (len(models) + 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 3.2 * rows))
+    ids = result.predictions["image_id"].unique().sort()
+    rng = np.random.default_rng(seed)
+    pick = set(ids.gather(rng.choice(len(ids), min(n, len(ids)), replace=False)).to_list())
+    for ax, model in zip(np.ravel(axes), models, strict=False):
+        world.plot(ax=ax, color="#e6e6e6", edgecolor="#bbbbbb", linewidth=0.2)
+        p = result.predictions.filter((pl.col("model") == model) & pl.col("image_id").is_in(list(pick)))
+        for r in p.iter_rows(named=True):
+            ax.plot([r["true_lon"], r["lon"]], [r["true_lat"], r["lat"]], color="#d62728", alpha=0.25, linewidth=0.6)
+        ax.scatter(p["true_lon"], p["true_lat"], s=6, color="#1f77b4", label="truth", zorder=3)
+        ax.scatter(p["lon"], p["lat"], s=6, color="#d62728", label="prediction", zorder=3)
+        ax.set_title(model, fontsize=9)
+        ax.set_xlim(-180, 180)
+        ax.set_ylim(-60, 80)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in np.ravel(axes)[len(models) :]:
+        ax.axis("off")
+    np.ravel(axes)[0].legend(loc="lower left", fontsize=7)
+    fig.suptitle(PROTOCOL_TITLES[result.protocol])
+    return _save(fig, path)
+
+
+def plot_cdf(result: ProtocolResult, path: Path) -> Path:
+    """Error CDF, one curve per model, log-distance axis with the standard thresholds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for model in result.metrics["model"].to_list():
+        km = np.sort(result.predictions.filter(pl.col("model") == model)["km"].to_numpy())
+        ax.plot(np.maximum(km, 0.1), np.arange(1, len(km) + 1) / len(km), label=model)
+    for t in (1, 25, 200, 750, 2500):
+        ax.axvline(t, color="#999999", linestyle=":", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("error (km)")
+    ax.set_ylabel("fraction of test images")
+    ax.legend(fontsize=7)
+    ax.set_title(PROTOCOL_TITLES[result.protocol], fontsize=9)
+    return _save(fig, path)
+
+
+def plot_confusion(result: ProtocolResult, path: Path) -> Path:
+    """Continent confusion matrix of worldNET (rows: truth, columns: prediction)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = result.predictions.filter(pl.col("model") == "worldNET")
+    names = list(CONTINENTS)
+    idx = {c: i for i, c in enumerate(names)}
+    m = np.zeros((len(names), len(names)), dtype=int)
+    for t, q in zip(p["true_continent"].to_list(), p["continent"].to_list(), strict=True):
+        m[idx[t], idx[q]] += 1
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if m[i, j]:
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7)
+    ax.set_xlabel("predicted continent")
+    ax.set_ylabel("true continent")
+    ax.set_title(f"worldNET continents — {result.protocol} cities", fontsize=9)
+    return _save(fig, path)
