@@ -57,7 +57,7 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
     assert ingest_run.data.metrics["rows"] > 0
     assert any(k.startswith("input.") for k in next(r for r in children if r.data.tags["stage"] == "split").data.tags)
     champion = client.get_model_version_by_alias("worldnet", "champion")
-    assert champion.version == out["register"]["version"]
+    assert str(champion.version) == out["register"]["version"]
 
     img = next((data / "Images" / "Madrid").glob("*.jpg"))
     res = CliRunner().invoke(app, ["predict", str(img), "--root", cfg.root, "--json"])
