@@ -69,6 +69,8 @@ class PipelineConfig:
     image_height: int = 300
     backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None
+    flat_features: bool = False
+    device: str = "auto"
     cluster_strategy: str = "city"
     k: int = 23
     head_mode: str = "in_sample"
@@ -194,7 +196,9 @@ def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[
     cat = cfg.catalog()
     with _run(cfg, "extract_features", parent_run_id):
         backbone = build_backbone(cfg.backbone, cfg.backbone_weights)
-        res = extract_features(backbone, cat.require("image_shards"), cat.path("feature_shards"), progress=cfg.progress)
+        res = extract_features(
+            backbone, cat.require("image_shards"), cat.path("feature_shards"), flat=cfg.flat_features, device=cfg.device, progress=cfg.progress
+        )
         mlflow.log_params({"backbone": cfg.backbone, "dim": backbone.spec.dim, "input_size": str(backbone.spec.input_size)})
         mlflow.log_metrics({"images": res.images, "images_per_second": res.images_per_second, "seconds": res.seconds})
         return {"images": res.images, "images_per_second": res.images_per_second}

@@ -1,4 +1,4 @@
-"""A torch dataset that streams images out of Parquet shards.
+"""Torch datasets that stream images out of Parquet shards.
 
 Only one record batch per worker is in memory at a time; with several
 DataLoader workers, shards are dealt out round-robin so no image is read twice.
@@ -7,14 +7,21 @@ DataLoader workers, shards are dealt out round-robin so no image is read twice.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from worldnet.data.shards import iter_shard_rows
+
+
+def _my_shards(shards: list[Path]) -> list[tuple[int, Path]]:
+    info = get_worker_info()
+    indexed = list(enumerate(shards))
+    return indexed if info is None else indexed[info.id :: info.num_workers]
 
 
 class ShardImageDataset(IterableDataset[tuple[str, np.ndarray]]):
@@ -32,12 +39,48 @@ class ShardImageDataset(IterableDataset[tuple[str, np.ndarray]]):
         self.batch_size = batch_size
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        info = get_worker_info()
-        mine = self.shards if info is None else self.shards[info.id :: info.num_workers]
-        for path in mine:
+        for _, path in _my_shards(self.shards):
             for batch in iter_shard_rows(path, ["image_id", "jpeg"], self.batch_size):
                 for image_id, data in zip(batch["image_id"], batch["jpeg"], strict=True):
                     yield str(image_id), self.decode(data)
+
+
+@dataclass
+class ShardBatch:
+    """Decoded images of one shard (a batch never spans two shards)."""
+
+    shard: int
+    ids: list[str]
+    images: torch.Tensor  # uint8 (N, H, W, 3)
+
+
+class ShardBatchDataset(IterableDataset[ShardBatch]):
+    """Yields ready-made :class:`ShardBatch` es; use with ``DataLoader(batch_size=None)``.
+
+    Batching inside the dataset keeps every batch within one shard, so the
+    consumer can write one output file per input shard as soon as it is done,
+    and a single DataLoader serves all shards (no worker start-up per shard).
+    """
+
+    def __init__(self, shards: list[Path], decode: Callable[[bytes], np.ndarray], batch_size: int = 16, decode_threads: int = 1):
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.shards = list(shards)
+        self.decode = decode
+        self.batch_size = batch_size
+        self.decode_threads = decode_threads
+
+    def __iter__(self) -> Iterator[ShardBatch]:
+        pool = ThreadPoolExecutor(self.decode_threads) if self.decode_threads > 1 else None
+        try:
+            for k, path in _my_shards(self.shards):
+                for batch in iter_shard_rows(path, ["image_id", "jpeg"], self.batch_size):
+                    jpegs = batch["jpeg"]
+                    arrays = list(pool.map(self.decode, jpegs)) if pool else [self.decode(d) for d in jpegs]
+                    yield ShardBatch(k, [str(i) for i in batch["image_id"]], torch.from_numpy(np.stack(arrays)))
+        finally:
+            if pool:
+                pool.shutdown()
 
 
 def collate_uint8(items: list[tuple[str, np.ndarray]]) -> tuple[list[str], torch.Tensor]:
@@ -46,4 +89,4 @@ def collate_uint8(items: list[tuple[str, np.ndarray]]) -> tuple[list[str], torch
     return ids, torch.from_numpy(np.stack([a for _, a in items]))
 
 
-__all__ = ["ShardImageDataset", "collate_uint8"]
+__all__ = ["ShardBatch", "ShardBatchDataset", "ShardImageDataset", "collate_uint8"]

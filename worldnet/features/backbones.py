@@ -163,13 +163,14 @@ class _TinyCNN(nn.Module):
 
     def __init__(self, dim: int = 32):
         super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 16, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(16, dim, 3, stride=2, padding=1),
-            nn.ReLU(),
-        )
+        with torch.random.fork_rng(devices=[]):  # same weights every time, caller's RNG untouched
+            torch.manual_seed(0)
+            self.net = nn.Sequential(
+                nn.Conv2d(3, 16, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(16, dim, 3, stride=2, padding=1),
+                nn.ReLU(),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)

@@ -7,13 +7,17 @@ marks the pair complete, so a killed run resumes where it stopped and the
 result equals an uninterrupted run.
 
 Speed on CPU: batched, ``torch.inference_mode``, threads = cores, channels-last
-memory (34 vs 21 img/s for EfficientNet-Lite0 on 2 cores), and JPEG decoding in
-DataLoader worker processes, overlapped with the model.
+memory, glibc told to reuse activation buffers (see ``runtime``), and JPEG
+decoding (draft mode) on every core between batches on CPU, and overlapped
+with the model in DataLoader worker processes on GPU (see
+``default_loader_workers`` for why).
+``benchmarks/bench_features.py`` measures it against the model alone.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,10 +29,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from worldnet.data.dataset import ShardImageDataset, collate_uint8
+from worldnet.data.dataset import ShardBatch, ShardBatchDataset
 from worldnet.data.shards import shard_paths
 from worldnet.features.backbones import Backbone, BackboneSpec
 from worldnet.features.preprocess import load_rgb, normalise_batch, to_array
+from worldnet.features.runtime import tune_cpu_allocator
 from worldnet.io import write_with_atomic
 from worldnet.parallel import default_workers
 
@@ -78,66 +83,116 @@ def _is_done(npy: Path, index: Path, n_rows: int) -> bool:
         return False
 
 
+def default_loader_workers(device: torch.device) -> int:
+    """Decode processes running ahead of the model: none on CPU, up to 8 on GPU.
+
+    On CPU the model keeps every core busy, so anything decoding *beside* it
+    steals from it and stalls its threads at their barriers. There, each batch
+    is decoded between forward passes by a thread per core instead (PIL drops
+    the GIL). Measured on 2 cores, pipeline/bare-model throughput: 0.93 that
+    way, 0.84 with decoding overlapped in a thread, ~0.75 with one worker
+    process. A GPU leaves the cores free, so there decoding overlaps.
+    """
+    return min(8, default_workers()) if device.type == "cuda" else 0
+
+
 def extract_features(
     backbone: Backbone,
     shards_dir: str | Path,
     out_dir: str | Path,
     *,
-    batch_size: int = 32,
+    batch_size: int = 16,
     flat: bool = False,
-    loader_workers: int = 1,
+    loader_workers: int | None = None,
     device: str = "auto",
     progress: bool = True,
     stop_after: int | None = None,
 ) -> ExtractResult:
-    """Embed every image of every shard; resumable and atomic (see module docs)."""
+    """Embed every image of every image shard into feature shards.
+
+    One stream serves all pending shards (no start-up per shard); each feature shard is written (atomically) as soon as
+    its last batch is embedded, so a killed run loses at most the shards in
+    flight and a rerun redoes only those.
+
+    Args:
+        backbone: A registered backbone (see ``build_backbone``).
+        shards_dir: Folder of image shards from the shard stage.
+        out_dir: Folder for ``feat-k.npy`` + ``feat-k.parquet`` pairs.
+        batch_size: Images per forward pass. 16 is fastest on CPU here: bigger
+            batches stop fitting in cache without adding parallelism.
+        flat: Flattened conv features instead of pooled ones (the paper's kNN mode).
+        loader_workers: Decode processes running ahead of the model (default:
+            see ``default_loader_workers``; 0 decodes each batch in parallel
+            threads between forward passes).
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        progress: Show a progress bar.
+        stop_after: Embed at most this many shards, then stop (to test resuming).
+
+    Returns:
+        Counts and timing of what was embedded or skipped as already done.
+    """
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    torch.set_num_threads(default_workers())
-    model = backbone.to(dev).eval()
+    if dev.type == "cpu":
+        tune_cpu_allocator()
+        torch.set_num_threads(default_workers())
+    workers = default_loader_workers(dev) if loader_workers is None else loader_workers
     channels_last = True
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = backbone.to(dev).eval().to(memory_format=torch.channels_last)
     use_amp = dev.type == "cuda"
     shards = shard_paths(shards_dir)
     if not shards:
         raise FileNotFoundError(f"no image shards under {shards_dir}: run the 'shard' stage first")
-    todo = []
-    images = 0
+    todo: list[tuple[Path, pl.DataFrame]] = []
     for s in shards:
         labels = pl.read_parquet(s, columns=LABEL_COLUMNS)
         npy, idx = _feature_pair(out, s)
-        if _is_done(npy, idx, labels.height):
-            continue
-        todo.append((s, labels))
+        if not _is_done(npy, idx, labels.height):
+            todo.append((s, labels))
     skipped = len(shards) - len(todo)
     if stop_after is not None:
         todo = todo[:stop_after]
     bar = tqdm(total=sum(lab.height for _, lab in todo), desc=f"features {backbone.spec.name}", unit="img", disable=not progress)
     decode = partial(decode_for, backbone.spec)
-    for shard, labels in todo:
-        ds = ShardImageDataset([shard], decode, batch_size)
-        dl = DataLoader(ds, batch_size=batch_size, num_workers=loader_workers, collate_fn=collate_uint8, prefetch_factor=4 if loader_workers else None)
-        ids: list[str] = []
-        chunks: list[np.ndarray] = []
-        with torch.inference_mode(), torch.autocast(dev.type, enabled=use_amp):
-            for batch_ids, batch in dl:
-                x = normalise_batch(batch, backbone.spec, channels_last=channels_last).to(dev, non_blocking=True)
-                feats = model(x, flat=flat)
-                chunks.append(feats.float().cpu().numpy().astype(np.float16))
-                ids.extend(batch_ids)
-                bar.update(len(batch_ids))
-        if ids != labels["image_id"].to_list():
-            raise RuntimeError(f"feature rows of {shard.name} are out of step with its image ids; rerun the stage")
-        feats_all = np.concatenate(chunks) if chunks else np.zeros((0, backbone.spec.dim), np.float16)
-        npy, idx = _feature_pair(out, shard)
-        write_with_atomic(npy, lambda tmp, a=feats_all: _save_npy(tmp, a))
-        write_with_atomic(idx, lambda tmp, lab=labels: lab.write_parquet(tmp))
-        images += len(ids)
+    ds = ShardBatchDataset([s for s, _ in todo], decode, batch_size, decode_threads=1 if workers else default_workers())
+    batches: Iterable[ShardBatch] = ds
+    if workers > 0:
+        batches = DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=4, pin_memory=dev.type == "cuda")
+    pending: dict[int, tuple[list[str], list[np.ndarray]]] = {}
+    images = written = 0
+    with torch.inference_mode(), torch.autocast(dev.type, enabled=use_amp):
+        for batch in batches:
+            x = normalise_batch(batch.images.to(dev, non_blocking=True), backbone.spec, channels_last=channels_last)
+            feats = model(x, flat=flat).float().cpu().numpy().astype(np.float16)
+            ids, chunks = pending.setdefault(batch.shard, ([], []))
+            ids.extend(batch.ids)
+            chunks.append(feats)
+            bar.update(len(batch.ids))
+            shard, labels = todo[batch.shard]
+            if len(ids) == labels.height:
+                _write_feature_shard(out, shard, labels, ids, chunks)
+                del pending[batch.shard]
+                images += len(ids)
+                written += 1
     bar.close()
-    return ExtractResult(out, images, len(todo), skipped, time.perf_counter() - t0)
+    for k in pending:  # only an empty shard can be left: write it so it counts as done
+        shard, labels = todo[k]
+        _write_feature_shard(out, shard, labels, *pending[k])
+    for shard, labels in todo:
+        if labels.height == 0:
+            _write_feature_shard(out, shard, labels, [], [np.zeros((0, backbone.spec.dim), np.float16)])
+    return ExtractResult(out, images, written, skipped, time.perf_counter() - t0)
+
+
+def _write_feature_shard(out: Path, shard: Path, labels: pl.DataFrame, ids: list[str], chunks: list[np.ndarray]) -> None:
+    if ids != labels["image_id"].to_list():
+        raise RuntimeError(f"feature rows of {shard.name} are out of step with its image ids; rerun the stage")
+    feats = np.concatenate(chunks)
+    npy, idx = _feature_pair(out, shard)
+    write_with_atomic(npy, lambda tmp: _save_npy(tmp, feats))
+    write_with_atomic(idx, lambda tmp: labels.write_parquet(tmp))
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -167,4 +222,4 @@ def embed_images(backbone: Backbone, images: list[Image.Image], batch_size: int 
     return np.concatenate(out) if out else np.zeros((0, backbone.spec.dim), np.float32)
 
 
-__all__ = ["ExtractResult", "embed_images", "extract_features", "load_features", "resolve_device"]
+__all__ = ["ExtractResult", "default_loader_workers", "embed_images", "extract_features", "load_features", "resolve_device"]

@@ -33,15 +33,15 @@ def to_array(img: Image.Image, spec: BackboneSpec) -> np.ndarray:
 def normalise_batch(batch_u8: torch.Tensor, spec: BackboneSpec, channels_last: bool = True) -> torch.Tensor:
     """uint8 (N, H, W, 3) → float (N, 3, H, W) normalised, channels-last in memory if asked.
 
-    Converting a whole batch at once is far cheaper than per image, and
-    ``permute`` of an NHWC tensor *is* a channels-last NCHW tensor, so no copy.
+    ``permute`` of an NHWC tensor *is* a channels-last NCHW tensor, so the
+    float copy already has the layout the model wants; ``(x/255 - mean)/std``
+    is then two in-place passes instead of four passes and two temporaries.
     """
-    x = batch_u8.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    dev = batch_u8.device
+    std = torch.tensor(spec.std, device=dev, dtype=torch.float32).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.mean, device=dev, dtype=torch.float32).view(1, 3, 1, 1)
+    x = batch_u8.permute(0, 3, 1, 2).float()
+    x.mul_(1.0 / (255.0 * std)).sub_(mean / std)
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    else:
-        x = x.contiguous()
-    return x
+        return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous()

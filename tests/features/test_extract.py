@@ -1,0 +1,104 @@
+"""Feature extraction: aligned, resumable after a SIGKILL, same output whichever decode path."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from worldnet.data.ingest import ingest
+from worldnet.data.shards import ShardSpec, write_shards
+from worldnet.data.split import make_splits
+from worldnet.data.synthetic import SynthConfig, generate
+from worldnet.features.backbones import build_backbone
+from worldnet.features.extract import extract_features, load_features
+from worldnet.features.preprocess import normalise_batch
+from worldnet.io import stray_temp_files
+
+CITIES = ["Madrid", "Bangkok", "Boston", "Melbourne"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fx")
+    generate(SynthConfig(out=root / "w", cities=CITIES, per_city=12, size=(64, 48)), progress=False)
+    m, _ = ingest("gsv_cities", root / "w")
+    t = m.join(make_splits(m, n_unseen=1), on="image_id")
+    write_shards(t, root / "shards", ShardSpec(shard_size=8, width=64, height=48), workers=1, progress=False)
+    return root / "shards", t
+
+
+def test_features_are_aligned_with_image_ids(shards, tmp_path):
+    shards_dir, table = shards
+    res = extract_features(build_backbone("tiny_random"), shards_dir, tmp_path / "f", progress=False)
+    X, labels = load_features(tmp_path / "f")
+    assert res.images == table.height == X.shape[0]
+    assert labels["image_id"].to_list() == sorted(table["image_id"].to_list())
+    assert np.isfinite(X).all() and X.std(0).max() > 0
+
+
+def test_decode_processes_give_the_same_features_as_in_process_decoding(shards, tmp_path):
+    shards_dir, _ = shards
+    b = build_backbone("tiny_random")
+    extract_features(b, shards_dir, tmp_path / "a", loader_workers=0, batch_size=5, progress=False)
+    extract_features(b, shards_dir, tmp_path / "b", loader_workers=2, batch_size=3, progress=False)
+    Xa, la = load_features(tmp_path / "a")
+    Xb, lb = load_features(tmp_path / "b")
+    assert la.equals(lb)
+    np.testing.assert_allclose(Xa, Xb, atol=2e-3)  # float16 storage; batch size changes summation order only
+
+
+def test_killed_extraction_resumes_to_identical_feature_shards(shards, tmp_path):
+    shards_dir, _ = shards
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        import worldnet.features.extract as ex
+        from worldnet.features.backbones import build_backbone
+        kill_after = int(sys.argv[2]) if len(sys.argv) > 2 else -1
+        real = ex._write_feature_shard
+        count = [0]
+        def wrapped(*a):
+            if count[0] == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            count[0] += 1
+            return real(*a)
+        ex._write_feature_shard = wrapped
+        ex.extract_features(build_backbone("tiny_random"), "{shards_dir}", sys.argv[1], progress=False)
+        """
+    )
+    (tmp_path / "job.py").write_text(script)
+    killed = subprocess.run([sys.executable, str(tmp_path / "job.py"), str(tmp_path / "a"), "2"])
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list((tmp_path / "a").glob("feat-*.parquet"))) == 2
+    subprocess.run([sys.executable, str(tmp_path / "job.py"), str(tmp_path / "a")], check=True)
+    subprocess.run([sys.executable, str(tmp_path / "job.py"), str(tmp_path / "b")], check=True)
+    a = {p.name: p.read_bytes() for p in sorted((tmp_path / "a").glob("feat-*"))}
+    b = {p.name: p.read_bytes() for p in sorted((tmp_path / "b").glob("feat-*"))}
+    assert a == b and len(a) == 2 * len(list(shards_dir.glob("shard-*.parquet")))
+    assert not stray_temp_files(tmp_path / "a")
+
+
+def test_rerun_skips_complete_shards(shards, tmp_path):
+    shards_dir, _ = shards
+    b = build_backbone("tiny_random")
+    first = extract_features(b, shards_dir, tmp_path / "f", progress=False)
+    again = extract_features(b, shards_dir, tmp_path / "f", progress=False)
+    assert first.written > 0 and again.written == 0 and again.skipped == first.written
+
+
+def test_missing_shards_say_which_stage_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="'shard' stage"):
+        extract_features(build_backbone("tiny_random"), tmp_path, tmp_path / "f", progress=False)
+
+
+def test_normalise_batch_matches_the_textbook_formula():
+    spec = build_backbone("tiny_random").spec
+    u8 = torch.randint(0, 256, (2, 5, 7, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    want = (u8.permute(0, 3, 1, 2).float() / 255 - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+    got = normalise_batch(u8, spec)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want)
