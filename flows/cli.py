@@ -59,7 +59,7 @@ def _config(data_root: Path, root: Path, backbone: str, weights: str | None, dat
 
 
 def _print_results(result: dict, root: Path) -> None:
-    summary = result.get("train_evaluate") or {}
+    summary = result.get("evaluate") or {}
     titles = {"seen": "Figure 4a: unseen images of seen cities", "unseen": "Figure 4b: unseen images of unseen cities"}
     for proto, s in summary.items():
         typer.echo(f"\n{titles.get(proto, proto)}\n{s['table']}")
@@ -71,8 +71,11 @@ def _print_results(result: dict, root: Path) -> None:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
     typer.echo(f"MLflow UI: mlflow ui --backend-store-uri {uri}")
     t = result.get("timings", {})
+    states = result.get("states", {})
     if t:
-        typer.echo("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+        typer.echo("stages: " + ", ".join(f"{k} {v:.1f}s" + (f" ({states[k]})" if states.get(k) not in (None, "Completed") else "") for k, v in t.items()))
+    if result.get("restored"):
+        typer.echo("restored from MLflow: " + ", ".join(result["restored"]))
 
 
 @app.command()
@@ -93,7 +96,8 @@ def run(
 ) -> None:
     """Run the pipeline (or one stage of it) under Prefect with MLflow tracking.
 
-    Stages: ingest, debias, split, shard, extract_features, train_evaluate, report, register.
+    Stages: ingest, debias, split, shard, extract_features, cluster, train_classifier,
+    train_interpolation, train_baselines, evaluate, report, register.
     """
     from flows.pipeline import pipeline
 

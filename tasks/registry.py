@@ -60,7 +60,7 @@ def _current_champion_scores(client: MlflowClient) -> dict[str, float] | None:
 def register_task(cfg: PipelineConfig, scores: dict[str, float], parent_run_id: str | None = None) -> dict[str, Any]:
     """Log + register the seen-protocol predictor; set challenger, maybe champion."""
     cat = cfg.catalog()
-    model_file = cat.require("worldnet_model", protocol="seen")
+    model_file = cat.require("worldnet_model", protocol="seen", mode=cfg.head_mode)
     client = MlflowClient()
     with _run(cfg, "register", parent_run_id) as run:
         mlflow.log_metrics({f"{p}_mean_km": v for p, v in scores.items()})

@@ -12,7 +12,12 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,30 +27,59 @@ import polars as pl
 from prefect import task
 from prefect.context import TaskRunContext
 
-from tasks.tracking import file_hash
+from tasks.tracking import EXPERIMENT, file_hash
 from worldnet.catalog import Catalog
 from worldnet.data.debias import debias
 from worldnet.data.ingest import enforce_strict, ingest, reject_counts
 from worldnet.data.shards import ShardSpec, write_shards
 from worldnet.data.split import make_splits, split_counts
-from worldnet.evaluate import run_protocol
+from worldnet.evaluate import (
+    ProtocolData,
+    ProtocolResult,
+    cluster_step,
+    evaluate_step,
+    other_head_mode,
+    protocol_data,
+    train_baselines_step,
+    train_classifier_step,
+    train_interpolation_step,
+)
 from worldnet.features.backbones import build_backbone
 from worldnet.features.extract import extract_features, load_features
-from worldnet.models.predictor import save_worldnet
-from worldnet.models.worldnet_model import TrainConfig
+from worldnet.io import write_text_atomic
+from worldnet.models.predictor import load_classifier, load_worldnet, save_classifier, save_worldnet
+from worldnet.models.worldnet_model import HEAD_MODES, TrainConfig, WorldNet
 from worldnet.report import paper_table, write_report
 
-STAGES = ("ingest", "debias", "split", "shard", "extract_features", "train_evaluate", "report", "register")
+STAGES = (
+    "ingest",
+    "debias",
+    "split",
+    "shard",
+    "extract_features",
+    "cluster",
+    "train_classifier",
+    "train_interpolation",
+    "train_baselines",
+    "evaluate",
+    "report",
+    "register",
+)
 
-#: What each stage reads and writes, by catalog name (drives caching and lineage).
+#: What each stage reads and writes, by catalog name (drives caching, lineage and restores).
 STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ingest": (("raw_images",), ("manifest_raw", "rejects")),
     "debias": (("manifest_raw",), ("manifest_debiased",)),
     "split": (("manifest_debiased",), ("splits",)),
-    "shard": (("manifest_debiased", "splits"), ("image_shards",)),
+    "shard": (("manifest_debiased", "splits"), ("image_shards", "shard_rejects")),
     "extract_features": (("image_shards",), ("feature_shards",)),
-    "train_evaluate": (("feature_shards",), ("predictions", "metrics", "worldnet_model", "centroids")),
-    "report": (("predictions", "metrics"), ("report",)),
+    "cluster": (("feature_shards",), ("centroids",)),
+    "train_classifier": (("feature_shards", "centroids"), ("classifier",)),
+    "train_interpolation": (("feature_shards", "centroids", "classifier"), ("worldnet_model",)),
+    "train_baselines": (("feature_shards",), ("baseline_predictions",)),
+    "evaluate": (("feature_shards", "centroids", "worldnet_model", "baseline_predictions"), ("predictions", "metrics", "evaluation_summary")),
+    "report": (("predictions", "metrics", "evaluation_summary", "worldnet_model", "centroids"), ("report",)),
+    "register": (("worldnet_model", "metrics"), ()),
 }
 
 
@@ -78,60 +112,189 @@ class PipelineConfig:
     seed: int = 0
     protocols: list[str] = field(default_factory=lambda: ["seen", "unseen"])
     progress: bool = True
+    mlflow_artifact_limit_mb: float = 256.0
 
     def catalog(self) -> Catalog:
         return Catalog.from_yaml(self.root, data_root=self.data_root, backbone=self.backbone)
 
 
 def _io_paths(cfg: PipelineConfig, names: tuple[str, ...]) -> list[Path]:
+    """Concrete paths of catalog entries, expanding ``{protocol}`` and ``{mode}`` templates."""
     cat = cfg.catalog()
     out = []
     for n in names:
-        if "{protocol}" in cat.entry(n)["path"]:
-            out += [cat.path(n, protocol=p) for p in cfg.protocols]
-        else:
-            out.append(cat.path(n))
+        template = cat.entry(n)["path"]
+        protos = cfg.protocols if "{protocol}" in template else [None]
+        modes = HEAD_MODES if "{mode}" in template else [None]
+        for proto in protos:
+            for mode in modes:
+                kw = {k: v for k, v in (("protocol", proto), ("mode", mode)) if v is not None}
+                out.append(cat.path(n, **kw))
     return out
 
 
-def _digest(paths: list[Path]) -> str:
+def _fingerprint(path: Path, raw: bool) -> str:
+    if not path.exists():
+        return "<missing>"
+    if raw and path.is_dir():  # raw inputs can be huge: names, sizes and mtimes, not bytes
+        h = hashlib.sha256()
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+    return file_hash(path)
+
+
+def _digest(cfg: PipelineConfig, names: tuple[str, ...]) -> str:
+    cat = cfg.catalog()
     h = hashlib.sha256()
-    for p in paths:
-        h.update(str(p).encode())
-        h.update(file_hash(p).encode() if p.exists() else b"<missing>")
+    for n in names:
+        raw = cat.entry(n).get("layer") == "raw" and n == "raw_images"
+        for p in _io_paths(cfg, (n,)):
+            h.update(str(p).encode())
+            h.update(_fingerprint(p, raw).encode())
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def library_digest() -> str:
+    """Hash of the ``worldnet`` library's source: a code change invalidates every stage's cache."""
+    import worldnet
+
+    h = hashlib.sha256()
+    for f in sorted(Path(worldnet.__file__).parent.rglob("*.py")):
+        h.update(f.read_bytes())
     return h.hexdigest()
 
 
 def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Cache on input + output file hashes, the config, and the task's source code.
+    """Cache on the input files' hashes, the config, the task's and the library's source.
 
-    Including the outputs means a deleted artifact is rebuilt, not served from cache.
+    Outputs are not part of the key (they do not exist before the first run);
+    the pipeline refreshes the cache of a stage whose outputs are missing, see
+    :func:`outputs_present`.
     """
     name = context.task.name
     cfg: PipelineConfig = parameters["cfg"]
-    ins, outs = STAGE_IO.get(name, ((), ()))
+    ins, _ = STAGE_IO.get(name, ((), ()))
     src = inspect.getsource(context.task.fn)
     conf = {k: v for k, v in asdict(cfg).items() if k != "progress"}
     return hashlib.sha256(
-        "|".join([name, json.dumps(conf, sort_keys=True), src, _digest(_io_paths(cfg, ins)), _digest(_io_paths(cfg, outs))]).encode()
+        "|".join([name, json.dumps(conf, sort_keys=True), src, library_digest(), _digest(cfg, ins)]).encode()
     ).hexdigest()
 
 
+def outputs_present(cfg: PipelineConfig, stage: str) -> bool:
+    """Whether every output of ``stage`` is on disk (a cached result is only valid if so)."""
+    _, outs = STAGE_IO.get(stage, ((), ()))
+    return all(p.exists() for p in _io_paths(cfg, outs))
+
+
+def _producers_file(cfg: PipelineConfig) -> Path:
+    return Path(cfg.root) / "producers.json"
+
+
+def _producers(cfg: PipelineConfig) -> dict[str, str]:
+    f = _producers_file(cfg)
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
 def _lineage(cfg: PipelineConfig, stage: str) -> None:
+    """Tag the run with each input's fingerprint and the MLflow run that produced it."""
     ins, _ = STAGE_IO.get(stage, ((), ()))
-    for p in _io_paths(cfg, ins):
-        if p.exists():
-            mlflow.set_tag(f"input.{p.name}.sha256", file_hash(p)[:16])
+    producers = _producers(cfg)
+    root = Path(cfg.root).resolve()
+    for n in ins:
+        for p in _io_paths(cfg, (n,)):
+            if not p.exists():
+                continue
+            key = _rel(p, root) if n != "raw_images" else "raw_images"
+            mlflow.set_tag(f"input.{key}.sha256", _fingerprint(p, n == "raw_images")[:16])
+            if key in producers:
+                mlflow.set_tag(f"input.{key}.run_id", producers[key])
+
+
+def _rel(p: Path, root: Path) -> str:
+    return p.resolve().relative_to(root).as_posix()
+
+
+def _size_mb(p: Path) -> float:
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+    return sum(f.stat().st_size for f in files) / 2**20
+
+
+def _log_outputs(cfg: PipelineConfig, stage: str, run_id: str) -> None:
+    """Log each output under ``catalog/<its path>`` (if small enough) so it can be restored."""
+    _, outs = STAGE_IO.get(stage, ((), ()))
+    root = Path(cfg.root).resolve()
+    producers = _producers(cfg)
+    for p in _io_paths(cfg, outs):
+        if not p.exists():
+            continue
+        rel = _rel(p, root)
+        producers[rel] = run_id
+        if _size_mb(p) > cfg.mlflow_artifact_limit_mb:
+            mlflow.set_tag(f"catalog.{rel}", f"not logged: over {cfg.mlflow_artifact_limit_mb} MB")
+            continue
+        if p.is_dir():
+            mlflow.log_artifacts(str(p), artifact_path=f"catalog/{rel}")
+        else:
+            mlflow.log_artifact(str(p), artifact_path=f"catalog/{Path(rel).parent.as_posix()}")
+        mlflow.set_tag(f"catalog.{rel}", "logged")
+    write_text_atomic(_producers_file(cfg), json.dumps(producers, indent=1, sort_keys=True))
+
+
+def restore_missing(cfg: PipelineConfig, stage: str, *, outputs: bool = False) -> list[str]:
+    """Download any missing input (and, if asked, output) of ``stage`` from the MLflow run that logged it.
+
+    Restoring an upstream stage's outputs before its cache check lets Prefect
+    serve it from cache instead of recomputing what MLflow already holds.
+
+    Returns:
+        The catalog-relative paths restored. Artifacts that no run logged stay
+        missing; the stage then reruns, or fails with an error naming the stage.
+    """
+    ins, outs = STAGE_IO.get(stage, ((), ()))
+    ins = ins + outs if outputs else ins
+    root = Path(cfg.root).resolve()
+    restored = []
+    client = mlflow.tracking.MlflowClient()
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    for n in ins:
+        if n == "raw_images":
+            continue
+        for p in _io_paths(cfg, (n,)):
+            if p.exists():
+                continue
+            rel = _rel(p, root)
+            runs = client.search_runs([exp.experiment_id], f"tags.`catalog.{rel}` = 'logged'", order_by=["attributes.start_time DESC"], max_results=5) if exp else []
+            for run in runs:
+                with tempfile.TemporaryDirectory(dir=root) as tmp:
+                    try:
+                        got = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"catalog/{rel}", dst_path=tmp))
+                    except Exception:  # noqa: BLE001 - try the next run that logged it
+                        continue
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(got, p)  # same filesystem: atomic
+                restored.append(rel)
+                break
+    return restored
 
 
 STAGE_TASK = dict(retries=2, retry_delay_seconds=[2, 10], cache_key_fn=stage_cache_key, persist_result=True)
 
 
-def _run(cfg: PipelineConfig, stage: str, parent_run_id: str | None):
-    run = mlflow.start_run(run_name=stage, nested=parent_run_id is not None, parent_run_id=parent_run_id)
-    mlflow.set_tag("stage", stage)
-    _lineage(cfg, stage)
-    return run
+@contextmanager
+def _run(cfg: PipelineConfig, stage: str, parent_run_id: str | None) -> Iterator[mlflow.ActiveRun]:
+    """A nested MLflow run for one stage: lineage tags first, outputs logged on success."""
+    with mlflow.start_run(run_name=stage, nested=parent_run_id is not None, parent_run_id=parent_run_id) as run:
+        mlflow.set_tag("stage", stage)
+        _lineage(cfg, stage)
+        t = time.perf_counter()
+        yield run
+        mlflow.log_metric("stage_seconds", time.perf_counter() - t)
+        _log_outputs(cfg, stage, run.info.run_id)
 
 
 @task(name="ingest", task_run_name="ingest-{cfg.dataset_kind}", **STAGE_TASK)
@@ -204,24 +367,102 @@ def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[
         return {"images": res.images, "images_per_second": res.images_per_second}
 
 
-@task(name="train_evaluate", task_run_name="train-evaluate-{cfg.backbone}", **STAGE_TASK)
-def train_evaluate_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[str, Any]:
-    """Cluster, train worldNET and the baselines, and score them, for each protocol."""
+def _protocol_data(cfg: PipelineConfig, proto: str) -> ProtocolData:
+    X, labels = load_features(cfg.catalog().require("feature_shards"))
+    return protocol_data(X, labels, proto)
+
+
+def _train_cfg(cfg: PipelineConfig) -> TrainConfig:
+    return TrainConfig(seed=cfg.seed)
+
+
+@task(name="cluster", task_run_name="cluster-{cfg.cluster_strategy}", **STAGE_TASK)
+def cluster_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Centroids of each protocol's training locations."""
     cat = cfg.catalog()
-    X, labels = load_features(cat.require("feature_shards"))
-    summary: dict[str, Any] = {}
-    with _run(cfg, "train_evaluate", parent_run_id):
-        mlflow.log_params({"cluster_strategy": cfg.cluster_strategy, "k": cfg.k, "head_mode": cfg.head_mode, "snap": cfg.snap})
+    out = {}
+    with _run(cfg, "cluster", parent_run_id):
+        mlflow.log_params({"cluster_strategy": cfg.cluster_strategy, "k": cfg.k})
         for proto in cfg.protocols:
-            r = run_protocol(X, labels, proto, cluster_strategy=cfg.cluster_strategy, k=cfg.k, head_mode=cfg.head_mode, snap=cfg.snap, cfg=TrainConfig(seed=cfg.seed), seed=cfg.seed)
+            centroids = cluster_step(_protocol_data(cfg, proto), cfg.cluster_strategy, cfg.k, cfg.seed)
+            cat.save("centroids", centroids, protocol=proto)
+            mlflow.log_metric(f"{proto}.clusters", centroids.height)
+            out[proto] = centroids.height
+    return out
+
+
+@task(name="train_classifier", task_run_name="classifier-{cfg.backbone}", **STAGE_TASK)
+def train_classifier_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[str, Any]:
+    """The centroid classifier per protocol; logs its validation accuracy."""
+    cat = cfg.catalog()
+    out = {}
+    with _run(cfg, "train_classifier", parent_run_id):
+        tc = _train_cfg(cfg)
+        mlflow.log_params({"hidden": tc.hidden, "lr": tc.lr, "max_epochs": tc.max_epochs, "patience": tc.patience})
+        for proto in cfg.protocols:
+            fit = train_classifier_step(_protocol_data(cfg, proto), cat.load("centroids", protocol=proto), cfg.cluster_strategy, tc)
+            save_classifier(fit, cat.path("classifier", protocol=proto))
+            mlflow.log_metrics({f"{proto}.{k}": v for k, v in fit.metrics.items()})
+            out[proto] = fit.metrics
+    return out
+
+
+@task(name="train_interpolation", task_run_name="interpolation-{cfg.head_mode}", **STAGE_TASK)
+def train_interpolation_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Both interpolation heads (in_sample and crossfit) over the frozen classifier."""
+    cat = cfg.catalog()
+    out: dict[str, Any] = {}
+    with _run(cfg, "train_interpolation", parent_run_id):
+        mlflow.log_params({"head_mode": cfg.head_mode, "snap": cfg.snap})
+        for proto in cfg.protocols:
+            data = _protocol_data(cfg, proto)
+            centroids = cat.load("centroids", protocol=proto)
+            fit = load_classifier(cat.require("classifier", protocol=proto))
+            for mode in HEAD_MODES:
+                wn = train_interpolation_step(data, centroids, fit, mode, cfg.cluster_strategy, _train_cfg(cfg))
+                save_worldnet(wn, cat.path("worldnet_model", protocol=proto, mode=mode), backbone=cfg.backbone, snap=cfg.snap)
+                mlflow.log_metric(f"{proto}.{mode}.head_final_loss_km", wn.metrics["head_final_loss_km"])
+                out[f"{proto}.{mode}"] = wn.metrics["head_final_loss_km"]
+    return out
+
+
+@task(name="train_baselines", **STAGE_TASK)
+def train_baselines_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[str, Any]:
+    """The paper's baselines; their test predictions are the stage's output."""
+    cat = cfg.catalog()
+    with _run(cfg, "train_baselines", parent_run_id):
+        for proto in cfg.protocols:
+            cat.save("baseline_predictions", train_baselines_step(_protocol_data(cfg, proto), seed=cfg.seed), protocol=proto)
+    return {"protocols": list(cfg.protocols)}
+
+
+def _load_protocol_result(cfg: PipelineConfig, proto: str, data: ProtocolData | None = None) -> tuple[ProtocolData, dict[str, WorldNet]]:
+    cat = cfg.catalog()
+    data = data or _protocol_data(cfg, proto)
+    other, other_label = other_head_mode(cfg.head_mode)
+    worldnets = {
+        "worldNET": load_worldnet(cat.require("worldnet_model", protocol=proto, mode=cfg.head_mode))[0],
+        other_label: load_worldnet(cat.require("worldnet_model", protocol=proto, mode=other))[0],
+    }
+    return data, worldnets
+
+
+@task(name="evaluate", **STAGE_TASK)
+def evaluate_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Score worldNET and the baselines on each protocol; predictions and metrics tables."""
+    cat = cfg.catalog()
+    summary: dict[str, Any] = {}
+    with _run(cfg, "evaluate", parent_run_id):
+        for proto in cfg.protocols:
+            data, worldnets = _load_protocol_result(cfg, proto)
+            r = evaluate_step(data, worldnets, cat.load("baseline_predictions", protocol=proto), cat.load("centroids", protocol=proto), snap=cfg.snap, seed=cfg.seed)
             cat.save("predictions", r.predictions, protocol=proto)
             cat.save("metrics", r.metrics, protocol=proto)
-            cat.save("centroids", r.centroids, protocol=proto)
-            save_worldnet(r.worldnet, cat.path("worldnet_model", protocol=proto), backbone=cfg.backbone, snap=cfg.snap)
             for row in r.metrics.iter_rows(named=True):
                 key = row["model"].replace(" ", "_").replace("(", "").replace(")", "")
                 mlflow.log_metrics({f"{proto}.{key}.mean_km": row["mean_km"], f"{proto}.{key}.acc_1000km": row["acc_1000km"]})
             mlflow.log_metrics({f"{proto}.classifier_val_accuracy": r.classifier["val_accuracy"], **{f"{proto}.{k}": v for k, v in r.snap.items()}})
+            write_text_atomic(cat.path("evaluation_summary", protocol=proto), json.dumps({"snap": r.snap, "classifier": r.classifier}))
             wn = r.metrics.filter(pl.col("model") == "worldNET").row(0, named=True)
             summary[proto] = {"worldnet_mean_km": wn["mean_km"], "table": paper_table(r.metrics)}
     return summary
@@ -229,16 +470,14 @@ def train_evaluate_task(cfg: PipelineConfig, parent_run_id: str | None = None) -
 
 @task(name="report", **STAGE_TASK)
 def report_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[str, str]:
-    from worldnet.evaluate import ProtocolResult
-    from worldnet.models.predictor import load_worldnet
-
+    """Tables (Markdown + CSV), maps, CDFs and the continent confusion matrix."""
     cat = cfg.catalog()
     results = []
     for proto in cfg.protocols:
-        wn, _, _ = load_worldnet(cat.require("worldnet_model", protocol=proto))
-        results.append(ProtocolResult(proto, cat.load("predictions", protocol=proto), cat.load("metrics", protocol=proto), wn, cat.load("centroids", protocol=proto)))
+        wn, _, _ = load_worldnet(cat.require("worldnet_model", protocol=proto, mode=cfg.head_mode))
+        notes = json.loads(cat.require("evaluation_summary", protocol=proto).read_text())
+        preds, metrics, centroids = (cat.load(n, protocol=proto) for n in ("predictions", "metrics", "centroids"))
+        results.append(ProtocolResult(proto, preds, metrics, wn, centroids, notes["snap"], notes["classifier"]))
     with _run(cfg, "report", parent_run_id):
         paths = write_report(results, cat.path("report"))
-        for p in paths.values():
-            mlflow.log_artifact(str(p), artifact_path="report")
         return {k: str(v) for k, v in paths.items()}

@@ -24,7 +24,7 @@ from worldnet.models.baselines import (
     predict_direct_regression,
     random_guess,
 )
-from worldnet.models.worldnet_model import TrainConfig, WorldNet, fit_worldnet
+from worldnet.models.worldnet_model import ClassifierFit, TrainConfig, WorldNet, fit_classifier, fit_interpolation
 
 #: Report rows, in the paper's order, then ours.
 MODEL_ORDER = (
@@ -35,6 +35,7 @@ MODEL_ORDER = (
     "nn classifier",
     "nn classifier (mean-shift)",
     "worldNET (in-sample)",
+    "worldNET (crossfit)",
     "worldNET",
 )
 PROTOCOL_TITLES = {
@@ -56,11 +57,169 @@ class ProtocolResult:
     classifier: dict[str, float] = field(default_factory=dict)
 
 
-def _labels_for(labels: pl.DataFrame, centroids: pl.DataFrame, strategy: str) -> np.ndarray:
+@dataclass
+class ProtocolData:
+    """One protocol's train / validation / test rows: labels and features, aligned."""
+
+    protocol: str
+    train: pl.DataFrame
+    val: pl.DataFrame
+    test: pl.DataFrame
+    X_train: np.ndarray
+    X_val: np.ndarray
+    X_test: np.ndarray
+
+    @staticmethod
+    def latlon(frame: pl.DataFrame) -> np.ndarray:
+        return frame.select("lat", "lon").to_numpy()
+
+
+def protocol_data(X: np.ndarray, labels: pl.DataFrame, protocol: str) -> ProtocolData:
+    """Cut features and labels by the split table's ``protocol`` column.
+
+    Raises:
+        ValueError: Unknown protocol, or an empty train or test split.
+    """
+    if protocol not in PROTOCOL_TITLES:
+        raise ValueError(f"unknown protocol {protocol!r}; choose seen or unseen")
+    split = labels[protocol].to_numpy()
+    tr, va, te = split == "train", split == "val", split == "test"
+    if not tr.any() or not te.any():
+        raise ValueError(f"protocol {protocol!r} has {tr.sum()} train and {te.sum()} test images; both must be > 0")
+    f = labels.filter
+    return ProtocolData(protocol, f(pl.Series(tr)), f(pl.Series(va)), f(pl.Series(te)), X[tr], X[va], X[te])
+
+
+def cluster_labels(frame: pl.DataFrame, centroids: pl.DataFrame, strategy: str) -> np.ndarray:
+    """Each row's cluster id given the centroids table (-1: a city with no centroid)."""
     if strategy == "city":
         lookup = {n: i for i, n in enumerate(centroids["name"].to_list())}
-        return np.array([lookup.get(c, -1) for c in labels["city"].to_list()])
-    return assign_to_centroids(labels["lat"].to_numpy(), labels["lon"].to_numpy(), centroids)
+        return np.array([lookup.get(c, -1) for c in frame["city"].to_list()], dtype=np.int64)
+    return assign_to_centroids(frame["lat"].to_numpy(), frame["lon"].to_numpy(), centroids)
+
+
+def cluster_step(data: ProtocolData, strategy: str = "city", k: int = 23, seed: int = 0) -> pl.DataFrame:
+    """Centroids of the training locations (the ``cluster`` stage)."""
+    centroids, _ = cluster_locations(data.train, strategy, k=k, seed=seed)
+    return centroids
+
+
+def train_classifier_step(data: ProtocolData, centroids: pl.DataFrame, strategy: str = "city", cfg: TrainConfig | None = None) -> ClassifierFit:
+    """The centroid classifier, early-stopped on validation rows whose city has a centroid."""
+    y_tr = cluster_labels(data.train, centroids, strategy)
+    y_va = cluster_labels(data.val, centroids, strategy)
+    keep = y_va >= 0
+    return fit_classifier(data.X_train, y_tr, data.X_val[keep], y_va[keep], centroids.height, cfg)
+
+
+def train_interpolation_step(
+    data: ProtocolData, centroids: pl.DataFrame, fit: ClassifierFit, mode: str = "in_sample", strategy: str = "city", cfg: TrainConfig | None = None
+) -> WorldNet:
+    """The interpolation head over the frozen classifier (``mode``: in_sample or crossfit)."""
+    return fit_interpolation(
+        fit,
+        data.X_train,
+        cluster_labels(data.train, centroids, strategy),
+        data.latlon(data.train),
+        data.train["city"].to_numpy(),
+        centroids.select("lat", "lon").to_numpy(),
+        centroids["name"].to_list(),
+        mode,
+        cfg,
+    )
+
+
+def train_baselines_step(data: ProtocolData, *, knn: int = 10, seed: int = 0) -> pl.DataFrame:
+    """Fit every baseline on the train rows; their test predictions (image_id, model, lat, lon)."""
+    ll_tr, n = data.latlon(data.train), data.test.height
+    preds = {
+        "mean model": MeanModel.fit(ll_tr).predict(n),
+        "guess model": guess_model(ll_tr, n, seed),
+        "random guess": random_guess(n, seed),
+    }
+    reg, reg_std = fit_direct_regression(data.X_train, ll_tr, seed=seed)
+    preds["direct regression"] = predict_direct_regression(reg, reg_std, data.X_test)
+    preds["nn classifier"] = nn_classifier(data.X_train, ll_tr, data.X_test, k=knn, variant="weighted")
+    preds["nn classifier (mean-shift)"] = nn_classifier(data.X_train, ll_tr, data.X_test, k=knn, variant="meanshift")
+    return pl.concat(
+        pl.DataFrame({"image_id": data.test["image_id"], "model": name, "lat": p[:, 0], "lon": p[:, 1]}) for name, p in preds.items()
+    )
+
+
+def evaluate_step(
+    data: ProtocolData,
+    worldnets: dict[str, WorldNet],
+    baselines: pl.DataFrame,
+    centroids: pl.DataFrame,
+    *,
+    snap: bool = True,
+    seed: int = 0,
+) -> ProtocolResult:
+    """Score worldNET (``worldnets["worldNET"]`` plus any other head) and the baselines on the test rows.
+
+    worldNET predictions are snapped to land when ``snap``; how many moved and
+    how far is reported. Baseline predictions are scored as they were made.
+    """
+    if "worldNET" not in worldnets:
+        raise ValueError("worldnets must include the 'worldNET' model that is reported and registered")
+    ll_te = data.latlon(data.test)
+    ids = data.test["image_id"].to_list()
+    preds: dict[str, np.ndarray] = {}
+    for name in baselines["model"].unique(maintain_order=True).to_list():
+        b = baselines.filter(pl.col("model") == name)
+        if b["image_id"].to_list() != ids:
+            raise ValueError(f"baseline predictions for {name!r} do not match the test images; rerun train_baselines")
+        preds[name] = b.select("lat", "lon").to_numpy()
+    snap_info: dict[str, float] = {}
+    for label, wn in worldnets.items():
+        p = wn.predict(data.X_test)[0]
+        if snap:
+            s = snap_to_land(p[:, 0], p[:, 1])
+            p = np.stack([s.lat, s.lon], 1)
+            if label == "worldNET":
+                snap_info = {
+                    "snapped": float(s.moved.sum()),
+                    "snapped_fraction": float(s.moved.mean()),
+                    "snap_mean_km": float(s.moved_km[s.moved].mean()) if s.moved.any() else 0.0,
+                    "snap_max_km": float(s.moved_km.max()),
+                }
+        preds[label] = p
+
+    true_cont = data.test["continent"].to_numpy()
+    frames, rows = [], []
+    order = [m for m in MODEL_ORDER if m in preds] + [m for m in preds if m not in MODEL_ORDER]
+    for name in order:
+        p = preds[name]
+        km = haversine_km(ll_te[:, 0], ll_te[:, 1], p[:, 0], p[:, 1])
+        cont = continent_of(p[:, 0], p[:, 1])
+        summary = distance_summary(km, seed=seed)
+        summary["continent_acc"] = float((cont == true_cont).mean())
+        rows.append({"model": name, **summary})
+        frames.append(
+            pl.DataFrame(
+                {
+                    "image_id": data.test["image_id"],
+                    "city": data.test["city"],
+                    "model": name,
+                    "lat": p[:, 0],
+                    "lon": p[:, 1],
+                    "true_lat": ll_te[:, 0],
+                    "true_lon": ll_te[:, 1],
+                    "km": km,
+                    "continent": cont,
+                    "true_continent": true_cont,
+                }
+            )
+        )
+    wn = worldnets["worldNET"]
+    clf = {"val_accuracy": wn.metrics.get("val_accuracy", 0.0), "train_accuracy": wn.metrics.get("train_accuracy", 0.0)}
+    return ProtocolResult(data.protocol, pl.concat(frames), pl.DataFrame(rows), wn, centroids, snap_info, clf)
+
+
+def other_head_mode(mode: str) -> tuple[str, str]:
+    """The head mode reported beside ``mode``, and its row label."""
+    other = "in_sample" if mode == "crossfit" else "crossfit"
+    return other, f"worldNET ({other.replace('_', '-')})"
 
 
 def run_protocol(
@@ -76,81 +235,22 @@ def run_protocol(
     knn: int = 10,
     seed: int = 0,
 ) -> ProtocolResult:
-    """Fit worldNET and the baselines on ``protocol``'s train split, score its test split.
+    """Every step of one protocol in one call: cluster, classifier, both heads, baselines, scores.
+
+    The pipeline runs the same steps as separate stages; this is the notebook
+    (and benchmark) entry point.
 
     Raises:
         ValueError: If the protocol's train or test split is empty.
     """
-    if protocol not in PROTOCOL_TITLES:
-        raise ValueError(f"unknown protocol {protocol!r}; choose seen or unseen")
     cfg = cfg or TrainConfig(seed=seed)
-    split = labels[protocol].to_numpy()
-    tr, va, te = split == "train", split == "val", split == "test"
-    if not tr.any() or not te.any():
-        raise ValueError(f"protocol {protocol!r} has {tr.sum()} train and {te.sum()} test images; both must be > 0")
-    L_tr, L_va, L_te = labels.filter(pl.Series(tr)), labels.filter(pl.Series(va)), labels.filter(pl.Series(te))
-    centroids, y_tr = cluster_locations(L_tr, cluster_strategy, k=k, seed=seed)
-    y_va = _labels_for(L_va, centroids, cluster_strategy)
-    keep_va = y_va >= 0
-    c_ll = centroids.select("lat", "lon").to_numpy()
-    ll_tr = L_tr.select("lat", "lon").to_numpy()
-    ll_te = L_te.select("lat", "lon").to_numpy()
-    groups = L_tr["city"].to_numpy()
-    names = centroids["name"].to_list()
-
-    preds: dict[str, np.ndarray] = {}
-    models: dict[str, WorldNet] = {}
-    for mode, label in ((head_mode, "worldNET"), ("in_sample" if head_mode == "crossfit" else "crossfit", "worldNET (in-sample)" if head_mode == "crossfit" else "worldNET (crossfit)")):
-        wn = fit_worldnet(X[tr], y_tr, ll_tr, groups, X[va][keep_va], y_va[keep_va], c_ll, names, mode, cfg)
-        models[label] = wn
-        preds[label] = wn.predict(X[te])[0]
-    preds["mean model"] = MeanModel.fit(ll_tr).predict(int(te.sum()))
-    preds["guess model"] = guess_model(ll_tr, int(te.sum()), seed)
-    preds["random guess"] = random_guess(int(te.sum()), seed)
-    reg, reg_std = fit_direct_regression(X[tr], ll_tr, seed=seed)
-    preds["direct regression"] = predict_direct_regression(reg, reg_std, X[te])
-    preds["nn classifier"] = nn_classifier(X[tr], ll_tr, X[te], k=knn, variant="weighted")
-    preds["nn classifier (mean-shift)"] = nn_classifier(X[tr], ll_tr, X[te], k=knn, variant="meanshift")
-
-    snap_info: dict[str, float] = {}
-    if snap:
-        for label in [m for m in preds if m.startswith("worldNET")]:
-            s = snap_to_land(preds[label][:, 0], preds[label][:, 1])
-            preds[label] = np.stack([s.lat, s.lon], 1)
-            if label == "worldNET":
-                snap_info = {
-                    "snapped": float(s.moved.sum()),
-                    "snapped_fraction": float(s.moved.mean()),
-                    "snap_mean_km": float(s.moved_km[s.moved].mean()) if s.moved.any() else 0.0,
-                    "snap_max_km": float(s.moved_km.max()),
-                }
-
-    true_cont = L_te["continent"].to_numpy()
-    frames, rows = [], []
-    order = [m for m in MODEL_ORDER if m in preds] + [m for m in preds if m not in MODEL_ORDER]
-    for name in order:
-        p = preds[name]
-        km = haversine_km(ll_te[:, 0], ll_te[:, 1], p[:, 0], p[:, 1])
-        cont = continent_of(p[:, 0], p[:, 1])
-        summary = distance_summary(km, seed=seed)
-        summary["continent_acc"] = float((cont == true_cont).mean())
-        rows.append({"model": name, **summary})
-        frames.append(
-            pl.DataFrame(
-                {
-                    "image_id": L_te["image_id"],
-                    "city": L_te["city"],
-                    "model": name,
-                    "lat": p[:, 0],
-                    "lon": p[:, 1],
-                    "true_lat": ll_te[:, 0],
-                    "true_lon": ll_te[:, 1],
-                    "km": km,
-                    "continent": cont,
-                    "true_continent": true_cont,
-                }
-            )
-        )
-    wn = models["worldNET"]
-    clf = {"val_accuracy": wn.metrics.get("val_accuracy", 0.0), "train_accuracy": wn.metrics.get("train_accuracy", 0.0)}
-    return ProtocolResult(protocol, pl.concat(frames), pl.DataFrame(rows), wn, centroids, snap_info, clf)
+    data = protocol_data(X, labels, protocol)
+    centroids = cluster_step(data, cluster_strategy, k, seed)
+    fit = train_classifier_step(data, centroids, cluster_strategy, cfg)
+    other, other_label = other_head_mode(head_mode)
+    worldnets = {
+        "worldNET": train_interpolation_step(data, centroids, fit, head_mode, cluster_strategy, cfg),
+        other_label: train_interpolation_step(data, centroids, fit, other, cluster_strategy, cfg),
+    }
+    baselines = train_baselines_step(data, knn=knn, seed=seed)
+    return evaluate_step(data, worldnets, baselines, centroids, snap=snap, seed=seed)

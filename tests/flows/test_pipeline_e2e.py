@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.pipeline import pipeline, select_stages
-from tasks.stages import PipelineConfig
+from tasks.stages import STAGES, PipelineConfig
 from worldnet.catalog import Catalog, MissingArtifactError
 from worldnet.data.synthetic import SynthConfig, generate
 
@@ -52,7 +52,7 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
     parent = client.get_run(out["mlflow_run_id"])
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     stages = {r.data.tags["stage"] for r in children}
-    assert {"ingest", "shard", "train_evaluate", "register"} <= stages
+    assert set(STAGES) <= stages
     ingest_run = next(r for r in children if r.data.tags["stage"] == "ingest")
     assert ingest_run.data.metrics["rows"] > 0
     assert any(k.startswith("input.") for k in next(r for r in children if r.data.tags["stage"] == "split").data.tags)
@@ -66,6 +66,19 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
     assert -90 <= line["lat"] <= 90 and -180 <= line["lon"] <= 180
     bad = CliRunner().invoke(app, ["predict", str(tmp_path / "nope.jpg"), "--root", cfg.root])
     assert bad.exit_code == 1
+
+    # rerun one stage: a deleted upstream artifact comes back from MLflow, upstream is Cached
+    lost = cat.path("baseline_predictions", protocol="seen")
+    before = lost.read_bytes()
+    lost.unlink()
+    metrics_before = cat.load("metrics", protocol="seen")
+    again = pipeline(cfg, only="evaluate")
+    assert lost.read_bytes() == before
+    assert any(r.endswith("seen/baselines.parquet") for r in again["restored"])
+    upstream = [s for s in STAGES[: STAGES.index("evaluate")]]
+    assert {again["states"][s] for s in upstream} == {"Cached"}, again["states"]
+    assert again["states"]["evaluate"] == "Completed"
+    assert cat.load("metrics", protocol="seen").equals(metrics_before)
 
 
 @pytest.mark.real_data

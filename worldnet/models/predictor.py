@@ -20,7 +20,7 @@ from worldnet.features.backbones import Backbone, build_backbone
 from worldnet.features.extract import embed_images
 from worldnet.geo.land import snap_to_land
 from worldnet.geo.regions import continent_of, country_of
-from worldnet.models.worldnet_model import CentroidClassifier, InterpolationHead, Standardiser, WorldNet
+from worldnet.models.worldnet_model import CentroidClassifier, ClassifierFit, InterpolationHead, Standardiser, WorldNet
 from worldnet.io import write_with_atomic
 
 
@@ -41,15 +41,42 @@ def save_worldnet(wn: WorldNet, path: str | Path, *, backbone: str, snap: bool =
         "dims": [int(wn.classifier.net[1].in_features), int(wn.classifier.net[1].out_features), int(wn.head.mlp[0].out_features)],
         "classifier": wn.classifier.state_dict(),
         "head": wn.head.state_dict(),
+        "metrics": {k: float(v) for k, v in wn.metrics.items()},
     }
+    _torch_save_atomic(blob, path)
+    return Path(path)
 
+
+def save_classifier(fit: ClassifierFit, path: str | Path) -> Path:
+    """Write the classifier stage's output (standardiser + classifier + metrics), atomically."""
+    blob = {
+        "mean": torch.from_numpy(fit.standardiser.mean),
+        "std": torch.from_numpy(fit.standardiser.std),
+        "dims": [int(fit.classifier.net[1].in_features), int(fit.classifier.net[1].out_features), int(fit.classifier.net[4].out_features)],
+        "classifier": fit.classifier.state_dict(),
+        "metrics": {k: float(v) for k, v in fit.metrics.items()},
+    }
+    _torch_save_atomic(blob, path)
+    return Path(path)
+
+
+def load_classifier(path: str | Path) -> ClassifierFit:
+    """Load what :func:`save_classifier` wrote."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    dim, hidden, k = blob["dims"]
+    clf = CentroidClassifier(dim, k, hidden)
+    clf.load_state_dict(blob["classifier"])
+    clf.eval()
+    return ClassifierFit(Standardiser(blob["mean"].numpy(), blob["std"].numpy()), clf, dict(blob["metrics"]))
+
+
+def _torch_save_atomic(blob: dict[str, object], path: str | Path) -> None:
     def _w(tmp: Path) -> None:
         buf = io.BytesIO()
         torch.save(blob, buf)
         tmp.write_bytes(buf.getvalue())
 
     write_with_atomic(path, _w)
-    return Path(path)
 
 
 def load_worldnet(path: str | Path) -> tuple[WorldNet, str, bool]:
@@ -63,7 +90,8 @@ def load_worldnet(path: str | Path) -> tuple[WorldNet, str, bool]:
     head = InterpolationHead(c, head_hidden)
     head.load_state_dict(blob["head"])
     head.eval()
-    wn = WorldNet(Standardiser(blob["mean"].numpy(), blob["std"].numpy()), clf, head, c, list(blob["names"]), blob["mode"])
+    metrics = dict(blob.get("metrics", {}))
+    wn = WorldNet(Standardiser(blob["mean"].numpy(), blob["std"].numpy()), clf, head, c, list(blob["names"]), blob["mode"], metrics)
     return wn, str(blob["backbone"]), bool(blob["snap"])
 
 

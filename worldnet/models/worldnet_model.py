@@ -202,6 +202,51 @@ class WorldNet:
         return latlon, probs.numpy()
 
 
+@dataclass
+class ClassifierFit:
+    """Stage 1 of worldNET: the feature standardiser and the frozen centroid classifier."""
+
+    standardiser: Standardiser
+    classifier: CentroidClassifier
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def fit_classifier(
+    X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, k: int, cfg: TrainConfig | None = None
+) -> ClassifierFit:
+    """Standardise features and train the centroid classifier (early-stopped on ``X_val``)."""
+    cfg = cfg or TrainConfig()
+    std = Standardiser.fit(X_train)
+    Xt = std(X_train)
+    has_val = len(X_val) > 0
+    clf, m = train_classifier(Xt, y_train, std(X_val) if has_val else None, y_val if has_val else None, k, cfg)
+    m["train_accuracy"] = float((predict_proba(clf, Xt).argmax(1).numpy() == y_train).mean())
+    return ClassifierFit(std, clf, m)
+
+
+def fit_interpolation(
+    fit: ClassifierFit,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    latlon_train: np.ndarray,
+    groups_train: np.ndarray,
+    centroids_latlon: np.ndarray,
+    centroid_names: list[str],
+    mode: str = "in_sample",
+    cfg: TrainConfig | None = None,
+) -> WorldNet:
+    """Stage 2: with the classifier frozen, train the interpolation head (see module docs for ``mode``)."""
+    if mode not in HEAD_MODES:
+        raise ValueError(f"unknown head mode {mode!r}; choose one of {', '.join(HEAD_MODES)}")
+    cfg = cfg or TrainConfig()
+    k = len(centroids_latlon)
+    Xt = fit.standardiser(X_train)
+    probs = crossfit_probs(Xt, y_train, groups_train, k, cfg) if mode == "crossfit" else predict_proba(fit.classifier, Xt)
+    head, losses = train_head(probs, latlon_train, centroids_latlon, cfg)
+    metrics = {**fit.metrics, "head_final_loss_km": losses[-1]}
+    return WorldNet(fit.standardiser, fit.classifier, head, centroids_latlon, centroid_names, mode, metrics)
+
+
 def fit_worldnet(
     X_train: np.ndarray,
     y_train: np.ndarray,
@@ -211,20 +256,11 @@ def fit_worldnet(
     y_val: np.ndarray,
     centroids_latlon: np.ndarray,
     centroid_names: list[str],
-    mode: str = "crossfit",
+    mode: str = "in_sample",
     cfg: TrainConfig | None = None,
 ) -> WorldNet:
     """Train classifier then head; ``groups_train`` (city per row) drives crossfit folds."""
     if mode not in HEAD_MODES:
         raise ValueError(f"unknown head mode {mode!r}; choose one of {', '.join(HEAD_MODES)}")
-    cfg = cfg or TrainConfig()
-    k = len(centroids_latlon)
-    std = Standardiser.fit(X_train)
-    Xt, Xv = std(X_train), std(X_val) if len(X_val) else None
-    clf, m = train_classifier(Xt, y_train, Xv, y_val if len(X_val) else None, k, cfg)
-    probs = crossfit_probs(Xt, y_train, groups_train, k, cfg) if mode == "crossfit" else predict_proba(clf, Xt)
-    head, losses = train_head(probs, latlon_train, centroids_latlon, cfg)
-    m["head_final_loss_km"] = losses[-1]
-    with torch.no_grad():
-        m["train_accuracy"] = float((predict_proba(clf, Xt).argmax(1).numpy() == y_train).mean())
-    return WorldNet(std, clf, head, centroids_latlon, centroid_names, mode, m)
+    fit = fit_classifier(X_train, y_train, X_val, y_val, len(centroids_latlon), cfg)
+    return fit_interpolation(fit, X_train, y_train, latlon_train, groups_train, centroids_latlon, centroid_names, mode, cfg)
