@@ -1,0 +1,75 @@
+"""Protocol steps, grouped folds and cross-validation on small generated features."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from worldnet.data.cities import resolve_cities
+from worldnet.evaluate import cross_validate, grouped_folds, metrics_table, run_protocol
+from worldnet.geo.regions import continent_of
+
+
+def _world(n_per=20, seed=0):
+    """Features that carry a noisy signal of where each city is."""
+    rng = np.random.default_rng(seed)
+    cities = resolve_cities(["Madrid", "PRS", "Rome", "Boston", "Chicago", "Bangkok", "Osaka", "Melbourne"])
+    rows, X = [], []
+    for c in cities:
+        for i in range(n_per):
+            lat, lon = c.lat + rng.normal(0, 0.05), c.lon + rng.normal(0, 0.05)
+            rows.append({"image_id": f"{c.name}-{i}", "city": c.name, "lat": lat, "lon": lon, "continent": str(continent_of(lat, lon))})
+            X.append(np.r_[np.cos(np.radians([lat, lon])), np.sin(np.radians([lat, lon]))] + rng.normal(0, 0.3, 4))
+    return np.array(X, np.float32), pl.DataFrame(rows)
+
+
+def test_grouped_folds_keep_groups_together_and_balance():
+    groups = np.repeat(np.arange(20), np.arange(1, 21))
+    folds = grouped_folds(groups, 5, seed=3)
+    for g in np.unique(groups):
+        assert len(set(folds[groups == g].tolist())) == 1
+    sizes = np.bincount(folds)
+    assert sizes.max() - sizes.min() <= 20
+    with pytest.raises(ValueError, match="groups cannot fill"):
+        grouped_folds(np.array([1, 1, 2]), 3)
+
+
+def test_cross_validation_predicts_every_image_once_per_model():
+    X, labels = _world()
+    res = cross_validate(X, labels, labels["city"].to_numpy(), n_folds=4, k=4, seed=0)
+    per_model = res.predictions.group_by("model").agg(pl.col("image_id").n_unique(), pl.len())
+    assert (per_model["image_id"] == labels.height).all() and (per_model["len"] == labels.height).all()
+    assert set(res.metrics["model"]) >= {"mean model", "worldNET", "worldNET (crossfit)"}
+    assert res.predictions["fold"].n_unique() == 4
+
+
+def test_seen_protocol_worldnet_beats_the_mean_model_on_informative_features():
+    X, labels = _world(30)
+    rng = np.random.default_rng(1)
+    labels = labels.with_columns(seen=pl.Series(np.where(rng.random(labels.height) < 0.3, "test", "train")))
+    res = run_protocol(X, labels, "seen", seed=0)
+    m = dict(zip(res.metrics["model"], res.metrics["mean_km"], strict=True))
+    assert m["worldNET"] < 0.5 * m["mean model"]
+
+
+def test_metrics_table_matches_the_predictions():
+    preds = pl.DataFrame(
+        {"model": ["a", "a", "b"], "km": [1.0, 3.0, 5.0], "continent": ["Europe"] * 3, "true_continent": ["Europe", "Asia", "Asia"]}
+    )
+    t = metrics_table(preds)
+    assert t["model"].to_list() == ["a", "b"]
+    assert t["mean_km"].to_list() == [2.0, 5.0]
+    assert t["continent_acc"].to_list() == [0.5, 0.0]
+
+
+@pytest.mark.real_data
+def test_osv5m_five_fold_by_country_prints_the_table(shared_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    res = CliRunner().invoke(app, ["cv", "--data-root", str(shared_data / "osv5m_sample" / "metadata.csv"), "--root", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    print(res.output[res.output.index("5-fold") :])
+    assert "121 images" in res.output and "country groups" in res.output
+    table = {ln.split("|")[1].strip(): ln for ln in res.output.splitlines() if ln.startswith("| ") and not ln.startswith("| model |")}
+    assert {"mean model", "worldNET", "worldNET (crossfit)", "nn classifier"} <= set(table)
