@@ -1,0 +1,101 @@
+"""prefect.yaml against a real Prefect server: deploy, trigger a stage deployment, wait for it.
+
+Slow (a server, a worker and a flow-run subprocess start): ``make test-all`` or ``pytest -m slow``.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from worldnet.data.synthetic import SynthConfig, generate
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_prefect_yaml_declares_nightly_schedule_and_every_stage():
+    from tasks.stages import STAGES
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    deps = {d["name"]: d for d in spec["deployments"]}
+    assert set(STAGES) | {"nightly"} == set(deps)
+    assert deps["nightly"]["schedules"][0]["cron"] == "0 2 * * *"
+    import flows.pipeline as fp
+
+    for name, d in deps.items():
+        path, attr = d["entrypoint"].split(":")
+        assert path == "flows/pipeline.py" and hasattr(fp, attr), d["entrypoint"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prefect(env, *args, timeout=300, check=True):
+    exe = str(Path(sys.executable).parent / "prefect")
+    return subprocess.run([exe, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=check)
+
+
+@pytest.mark.slow
+def test_real_server_deploys_and_runs_a_stage_deployment(tmp_path):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    worker = None
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                pytest.fail("prefect server did not become healthy in 120 s")
+            time.sleep(1)
+        _prefect(env, "work-pool", "create", "worldnet", "--type", "process")
+        deployed = _prefect(env, "--no-prompt", "deploy", "--all")
+        assert "worldnet-nightly" in deployed.stdout or deployed.returncode == 0, deployed.stdout + deployed.stderr
+        listing = _prefect(env, "deployment", "ls").stdout
+        assert "nightly" in listing and "ingest" in listing
+
+        data = tmp_path / "world"
+        generate(SynthConfig(out=data, cities=["Madrid", "Boston"], per_city=6, size=(48, 36)), progress=False)
+        params = {"cfg": {"data_root": str(data), "root": str(tmp_path / "root"), "backbone": "tiny_random", "progress": False}}
+        worker = subprocess.Popen(
+            [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "worldnet"],
+            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        run = _prefect(env, "deployment", "run", "worldnet-ingest/ingest", "--params", json.dumps(params), "--watch", "--watch-timeout", "300", timeout=360, check=False)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "Completed" in run.stdout, run.stdout
+        assert (tmp_path / "root" / "01_raw" / "manifest.parquet").is_file()
+    finally:
+        for p in (worker, server):
+            if p is not None:
+                p.terminate()
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        shutil.rmtree(tmp_path / "prefect-home", ignore_errors=True)
