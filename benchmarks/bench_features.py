@@ -105,9 +105,10 @@ def main() -> None:
                 model(x)
             bare = n_batches * bs / (time.perf_counter() - t0)
 
-
-        print(f"backbone: {spec.name}, input {spec.input_size[0]}x{spec.input_size[1]}, batch {bs}, "
-              f"threads {torch.get_num_threads()}, images {res.images}")
+        print(
+            f"backbone: {spec.name}, input {spec.input_size[0]}x{spec.input_size[1]}, batch {bs}, "
+            f"threads {torch.get_num_threads()}, images {res.images}"
+        )
         print(f"pipeline  (shards -> feature shards): {pipeline:7.1f} img/s")
         print(f"bare model (pre-made tensors)       : {bare:7.1f} img/s")
         print(f"plain PyTorch reference loop        : {reference:7.1f} img/s")

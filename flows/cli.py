@@ -22,13 +22,17 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-app = typer.Typer(help="worldnet: continuous GPS prediction from street-level photos (worldNET).", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="worldnet: continuous GPS prediction from street-level photos (worldNET).", no_args_is_help=True, add_completion=False
+)
 
 
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option(help="Folder to write Dataframes/ and Images/ into.")] = Path(".worldnet/data/synthetic"),
-    cities: Annotated[list[str] | None, typer.Option("--cities", help="City names (repeat the option); default: the 23 GSV-Cities.")] = None,
+    cities: Annotated[
+        list[str] | None, typer.Option("--cities", help="City names (repeat the option); default: the 23 GSV-Cities.")
+    ] = None,
     extra_cities: Annotated[bool, typer.Option(help="Add Sydney, Tokyo, Cape Town, ... for unseen-city experiments.")] = False,
     per_city: Annotated[int, typer.Option(help="Mean images per city (total = per_city × cities).")] = 100,
     size: Annotated[str, typer.Option(help="Image size WxH.")] = "400x300",
@@ -43,18 +47,41 @@ def synth(
         w, h = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise typer.BadParameter(f"--size must look like 400x300, got {size!r}") from None
-    s = generate(SynthConfig(out=out, cities=cities, extra_cities=extra_cities, per_city=per_city, size=(w, h), seed=seed, eurocentric=not balanced))
+    s = generate(
+        SynthConfig(out=out, cities=cities, extra_cities=extra_cities, per_city=per_city, size=(w, h), seed=seed, eurocentric=not balanced)
+    )
     typer.echo(f"wrote {s.n_images} images of {len(s.images_per_city)} cities to {out} in {s.seconds:.1f}s")
     if preview:
         typer.echo(f"contact sheet: {contact_sheet(out, preview)}")
 
 
-def _config(data_root: Path, root: Path, backbone: str, weights: str | None, dataset_kind: str, strict: bool, head_mode: str, cluster: str, k: int, seed: int, unseen: list[str] | None):
+def _config(
+    data_root: Path,
+    root: Path,
+    backbone: str,
+    weights: str | None,
+    dataset_kind: str,
+    strict: bool,
+    head_mode: str,
+    cluster: str,
+    k: int,
+    seed: int,
+    unseen: list[str] | None,
+):
     from tasks.stages import PipelineConfig
 
     return PipelineConfig(
-        data_root=str(data_root), root=str(root), backbone=backbone, backbone_weights=weights, dataset_kind=dataset_kind,
-        strict=strict, head_mode=head_mode, cluster_strategy=cluster, k=k, seed=seed, unseen_cities=unseen or None,
+        data_root=str(data_root),
+        root=str(root),
+        backbone=backbone,
+        backbone_weights=weights,
+        dataset_kind=dataset_kind,
+        strict=strict,
+        head_mode=head_mode,
+        cluster_strategy=cluster,
+        k=k,
+        seed=seed,
+        unseen_cities=unseen or None,
     )
 
 
@@ -73,7 +100,10 @@ def _print_results(result: dict, root: Path) -> None:
     t = result.get("timings", {})
     states = result.get("states", {})
     if t:
-        typer.echo("stages: " + ", ".join(f"{k} {v:.1f}s" + (f" ({states[k]})" if states.get(k) not in (None, "Completed") else "") for k, v in t.items()))
+        typer.echo(
+            "stages: "
+            + ", ".join(f"{k} {v:.1f}s" + (f" ({states[k]})" if states.get(k) not in (None, "Completed") else "") for k, v in t.items())
+        )
     if result.get("restored"):
         typer.echo("restored from MLflow: " + ", ".join(result["restored"]))
 
@@ -93,6 +123,7 @@ def run(
     unseen: Annotated[list[str] | None, typer.Option(help="Cities held out for the unseen protocol (repeat); default 5 by seed.")] = None,
     strict: Annotated[bool, typer.Option(help="Fail if any input row is rejected (same report).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
+    device: Annotated[str, typer.Option(help="Feature extraction device: auto (CUDA if available) | cpu | cuda.")] = "auto",
 ) -> None:
     """Run the pipeline (or one stage of it) under Prefect with MLflow tracking.
 
@@ -102,6 +133,7 @@ def run(
     from flows.pipeline import pipeline
 
     cfg = _config(data_root, root, backbone, weights, dataset_kind, strict, head_mode, cluster, k, seed, unseen)
+    cfg.device = device
     result = pipeline(cfg, from_stage=from_stage, only=only)
     _print_results(result, root)
 
@@ -183,7 +215,9 @@ def cv(
 @app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Photo files to geolocate.")],
-    model: Annotated[str, typer.Option(help="A registry URI (models:/worldnet@champion) or a worldnet.pt file.")] = "models:/worldnet@champion",
+    model: Annotated[
+        str, typer.Option(help="A registry URI (models:/worldnet@champion) or a worldnet.pt file.")
+    ] = "models:/worldnet@champion",
     root: Annotated[Path, typer.Option(help="Catalog root holding the MLflow store.")] = Path(".worldnet"),
     top_k: Annotated[int, typer.Option(help="How many clusters to list.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,

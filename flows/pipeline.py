@@ -25,8 +25,8 @@ from tasks.stages import (
     evaluate_task,
     extract_task,
     ingest_task,
-    report_task,
     outputs_present,
+    report_task,
     restore_missing,
     shard_task,
     split_task,
@@ -115,7 +115,7 @@ def pipeline(
             t = time.perf_counter()
             out["restored"] += restore_missing(cfg, stage, outputs=stage in checks)
             if stage == "register":
-                scores = {p: _worldnet_mean_km(cfg, p) for p in ("seen", "unseen") if p in cfg.protocols}
+                scores: dict[str, float] = {p: _worldnet_mean_km(cfg, p) for p in ("seen", "unseen") if p in cfg.protocols}
                 out[stage] = register_task(cfg, scores, pid) if len(scores) == 2 else {"decision": "skipped: needs both protocols"}
                 out["states"][stage] = "Completed"
             else:

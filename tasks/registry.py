@@ -13,6 +13,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.models import infer_signature
+from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 from prefect import task
 
@@ -22,7 +23,7 @@ from tasks.tracking import MODEL_NAME
 PIP_REQUIREMENTS = ["worldnet", "torch==2.14.1", "torchvision==0.29.1", "timm", "polars", "shapely>=2", "geopandas>=1"]
 
 
-class WorldNetPyfunc(mlflow.pyfunc.PythonModel):
+class WorldNetPyfunc(PythonModel):
     """pyfunc wrapper: a DataFrame of image paths in, coordinates and top clusters out."""
 
     def load_context(self, context: Any) -> None:
@@ -48,6 +49,8 @@ def _current_champion_scores(client: MlflowClient) -> dict[str, float] | None:
     try:
         mv = client.get_model_version_by_alias(MODEL_NAME, "champion")
     except mlflow.exceptions.MlflowException:
+        return None
+    if not mv.run_id:
         return None
     run = client.get_run(mv.run_id)
     m = run.data.metrics

@@ -17,8 +17,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,10 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "train_classifier": (("feature_shards", "centroids"), ("classifier",)),
     "train_interpolation": (("feature_shards", "centroids", "classifier"), ("worldnet_model",)),
     "train_baselines": (("feature_shards",), ("baseline_predictions",)),
-    "evaluate": (("feature_shards", "centroids", "worldnet_model", "baseline_predictions"), ("predictions", "metrics", "evaluation_summary")),
+    "evaluate": (
+        ("feature_shards", "centroids", "worldnet_model", "baseline_predictions"),
+        ("predictions", "metrics", "evaluation_summary"),
+    ),
     "report": (("predictions", "metrics", "evaluation_summary", "worldnet_model", "centroids"), ("report",)),
     "register": (("worldnet_model", "metrics"), ()),
 }
@@ -180,9 +183,7 @@ def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     ins, _ = STAGE_IO.get(name, ((), ()))
     src = inspect.getsource(context.task.fn)
     conf = {k: v for k, v in asdict(cfg).items() if k != "progress"}
-    return hashlib.sha256(
-        "|".join([name, json.dumps(conf, sort_keys=True), src, library_digest(), _digest(cfg, ins)]).encode()
-    ).hexdigest()
+    return hashlib.sha256("|".join([name, json.dumps(conf, sort_keys=True), src, library_digest(), _digest(cfg, ins)]).encode()).hexdigest()
 
 
 def outputs_present(cfg: PipelineConfig, stage: str) -> bool:
@@ -268,11 +269,19 @@ def restore_missing(cfg: PipelineConfig, stage: str, *, outputs: bool = False) -
             if p.exists():
                 continue
             rel = _rel(p, root)
-            runs = client.search_runs([exp.experiment_id], f"tags.`catalog.{rel}` = 'logged'", order_by=["attributes.start_time DESC"], max_results=5) if exp else []
+            runs = (
+                client.search_runs(
+                    [exp.experiment_id], f"tags.`catalog.{rel}` = 'logged'", order_by=["attributes.start_time DESC"], max_results=5
+                )
+                if exp
+                else []
+            )
             for run in runs:
                 with tempfile.TemporaryDirectory(dir=root) as tmp:
                     try:
-                        got = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"catalog/{rel}", dst_path=tmp))
+                        got = Path(
+                            mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"catalog/{rel}", dst_path=tmp)
+                        )
                     except Exception:  # noqa: BLE001 - try the next run that logged it
                         continue
                     p.parent.mkdir(parents=True, exist_ok=True)
@@ -282,7 +291,7 @@ def restore_missing(cfg: PipelineConfig, stage: str, *, outputs: bool = False) -
     return restored
 
 
-STAGE_TASK = dict(retries=2, retry_delay_seconds=[2, 10], cache_key_fn=stage_cache_key, persist_result=True)
+STAGE_TASK: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], cache_key_fn=stage_cache_key, persist_result=True)
 
 
 @contextmanager
@@ -307,7 +316,14 @@ def ingest_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[s
         cat.save("rejects", rejects)
         counts = reject_counts(rejects)
         mlflow.log_params({"dataset_kind": cfg.dataset_kind, "data_root": cfg.data_root})
-        mlflow.log_metrics({"rows": manifest.height, "rejects": rejects.height, **{f"rejects_{k}": v for k, v in counts.items()}, "seconds": time.perf_counter() - t})
+        mlflow.log_metrics(
+            {
+                "rows": manifest.height,
+                "rejects": rejects.height,
+                **{f"rejects_{k}": v for k, v in counts.items()},
+                "seconds": time.perf_counter() - t,
+            }
+        )
         if rejects.height:
             mlflow.log_artifact(str(cat.path("rejects")))
         if cfg.strict:
@@ -319,7 +335,9 @@ def ingest_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[s
 def debias_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     cat = cfg.catalog()
     with _run(cfg, "debias", parent_run_id):
-        out, summary = debias(cat.load("manifest_raw"), cfg.debias_strategy, cap=cfg.debias_cap, max_share=cfg.debias_max_share, seed=cfg.seed)
+        out, summary = debias(
+            cat.load("manifest_raw"), cfg.debias_strategy, cap=cfg.debias_cap, max_share=cfg.debias_max_share, seed=cfg.seed
+        )
         cat.save("manifest_debiased", out)
         mlflow.log_params({"strategy": cfg.debias_strategy, "cap": cfg.debias_cap, "max_share": cfg.debias_max_share})
         mlflow.log_metrics({"rows_before": sum(summary.before_city.values()), "rows_after": out.height})
@@ -332,12 +350,16 @@ def split_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[st
     cat = cfg.catalog()
     with _run(cfg, "split", parent_run_id):
         splits = make_splits(
-            cat.load("manifest_debiased"), test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
-            unseen_cities=cfg.unseen_cities, n_unseen=cfg.n_unseen, seed=cfg.seed,
+            cat.load("manifest_debiased"),
+            test_fraction=cfg.test_fraction,
+            val_fraction=cfg.val_fraction,
+            unseen_cities=cfg.unseen_cities,
+            n_unseen=cfg.n_unseen,
+            seed=cfg.seed,
         )
         cat.save("splits", splits)
         counts = split_counts(splits)
-        mlflow.log_metrics(counts)
+        mlflow.log_metrics({k: float(v) for k, v in counts.items()})
         return counts
 
 
@@ -350,7 +372,9 @@ def shard_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[st
         res = write_shards(table, cat.path("image_shards"), spec, progress=cfg.progress)
         cat.save("shard_rejects", res.rejects)
         mlflow.log_params({"shard_size": cfg.shard_size, "size": f"{cfg.image_width}x{cfg.image_height}"})
-        mlflow.log_metrics({"shards": res.index.height, "written": res.written, "skipped": res.skipped, "corrupt_images": res.rejects.height})
+        mlflow.log_metrics(
+            {"shards": res.index.height, "written": res.written, "skipped": res.skipped, "corrupt_images": res.rejects.height}
+        )
         return {"shards": res.index.height, "corrupt_images": res.rejects.height}
 
 
@@ -360,7 +384,12 @@ def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[
     with _run(cfg, "extract_features", parent_run_id):
         backbone = build_backbone(cfg.backbone, cfg.backbone_weights)
         res = extract_features(
-            backbone, cat.require("image_shards"), cat.path("feature_shards"), flat=cfg.flat_features, device=cfg.device, progress=cfg.progress
+            backbone,
+            cat.require("image_shards"),
+            cat.path("feature_shards"),
+            flat=cfg.flat_features,
+            device=cfg.device,
+            progress=cfg.progress,
         )
         mlflow.log_params({"backbone": cfg.backbone, "dim": backbone.spec.dim, "input_size": str(backbone.spec.input_size)})
         mlflow.log_metrics({"images": res.images, "images_per_second": res.images_per_second, "seconds": res.seconds})
@@ -455,13 +484,22 @@ def evaluate_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict
     with _run(cfg, "evaluate", parent_run_id):
         for proto in cfg.protocols:
             data, worldnets = _load_protocol_result(cfg, proto)
-            r = evaluate_step(data, worldnets, cat.load("baseline_predictions", protocol=proto), cat.load("centroids", protocol=proto), snap=cfg.snap, seed=cfg.seed)
+            r = evaluate_step(
+                data,
+                worldnets,
+                cat.load("baseline_predictions", protocol=proto),
+                cat.load("centroids", protocol=proto),
+                snap=cfg.snap,
+                seed=cfg.seed,
+            )
             cat.save("predictions", r.predictions, protocol=proto)
             cat.save("metrics", r.metrics, protocol=proto)
             for row in r.metrics.iter_rows(named=True):
                 key = row["model"].replace(" ", "_").replace("(", "").replace(")", "")
                 mlflow.log_metrics({f"{proto}.{key}.mean_km": row["mean_km"], f"{proto}.{key}.acc_1000km": row["acc_1000km"]})
-            mlflow.log_metrics({f"{proto}.classifier_val_accuracy": r.classifier["val_accuracy"], **{f"{proto}.{k}": v for k, v in r.snap.items()}})
+            mlflow.log_metrics(
+                {f"{proto}.classifier_val_accuracy": r.classifier["val_accuracy"], **{f"{proto}.{k}": v for k, v in r.snap.items()}}
+            )
             write_text_atomic(cat.path("evaluation_summary", protocol=proto), json.dumps({"snap": r.snap, "classifier": r.classifier}))
             wn = r.metrics.filter(pl.col("model") == "worldNET").row(0, named=True)
             summary[proto] = {"worldnet_mean_km": wn["mean_km"], "table": paper_table(r.metrics)}

@@ -20,9 +20,7 @@ def _imports(path: Path) -> set[str]:
 
 def test_library_does_not_import_orchestration():
     offenders = {
-        str(p.relative_to(ROOT)): sorted(_imports(p) & FORBIDDEN)
-        for p in (ROOT / "worldnet").rglob("*.py")
-        if _imports(p) & FORBIDDEN
+        str(p.relative_to(ROOT)): sorted(_imports(p) & FORBIDDEN) for p in (ROOT / "worldnet").rglob("*.py") if _imports(p) & FORBIDDEN
     }
     assert not offenders, f"worldnet/ must stay pure; move these imports to tasks/ or flows/: {offenders}"
 

@@ -34,7 +34,9 @@ class Catalog:
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def from_yaml(cls, root: str | os.PathLike[str] = DEFAULT_ROOT, path: str | os.PathLike[str] = DEFAULT_CATALOG, **params: str) -> Catalog:
+    def from_yaml(
+        cls, root: str | os.PathLike[str] = DEFAULT_ROOT, path: str | os.PathLike[str] = DEFAULT_CATALOG, **params: str
+    ) -> Catalog:
         with open(path) as fh:
             entries = yaml.safe_load(fh)
         return cls(Path(root).resolve(), {k: str(v) for k, v in params.items()}, entries)

@@ -104,7 +104,9 @@ def cluster_step(data: ProtocolData, strategy: str = "city", k: int = 23, seed: 
     return centroids
 
 
-def train_classifier_step(data: ProtocolData, centroids: pl.DataFrame, strategy: str = "city", cfg: TrainConfig | None = None) -> ClassifierFit:
+def train_classifier_step(
+    data: ProtocolData, centroids: pl.DataFrame, strategy: str = "city", cfg: TrainConfig | None = None
+) -> ClassifierFit:
     """The centroid classifier, early-stopped on validation rows whose city has a centroid."""
     y_tr = cluster_labels(data.train, centroids, strategy)
     y_va = cluster_labels(data.val, centroids, strategy)
@@ -113,7 +115,12 @@ def train_classifier_step(data: ProtocolData, centroids: pl.DataFrame, strategy:
 
 
 def train_interpolation_step(
-    data: ProtocolData, centroids: pl.DataFrame, fit: ClassifierFit, mode: str = "in_sample", strategy: str = "city", cfg: TrainConfig | None = None
+    data: ProtocolData,
+    centroids: pl.DataFrame,
+    fit: ClassifierFit,
+    mode: str = "in_sample",
+    strategy: str = "city",
+    cfg: TrainConfig | None = None,
 ) -> WorldNet:
     """The interpolation head over the frozen classifier (``mode``: in_sample or crossfit)."""
     return fit_interpolation(
@@ -220,7 +227,7 @@ def metrics_table(predictions: pl.DataFrame, *, seed: int = 0) -> pl.DataFrame:
     for name in predictions["model"].unique(maintain_order=True).to_list():
         p = predictions.filter(pl.col("model") == name)
         summary = distance_summary(p["km"].to_numpy(), seed=seed)
-        summary["continent_acc"] = float((p["continent"] == p["true_continent"]).mean())
+        summary["continent_acc"] = float(np.mean(p["continent"].to_numpy() == p["true_continent"].to_numpy()))
         rows.append({"model": name, **summary})
     return pl.DataFrame(rows)
 
@@ -286,7 +293,9 @@ def cross_validate(
         role = np.where(folds == f, "test", np.where(np.isin(groups, val_groups), "val", "train"))
         lab = labels.with_columns(unseen=pl.Series(role))
         k_f = min(k, int((folds != f).sum())) if cluster_strategy == "kmeans" else k
-        last = run_protocol(X, lab, "unseen", cluster_strategy=cluster_strategy, k=k_f, head_mode=head_mode, snap=snap, cfg=cfg, knn=knn, seed=seed)
+        last = run_protocol(
+            X, lab, "unseen", cluster_strategy=cluster_strategy, k=k_f, head_mode=head_mode, snap=snap, cfg=cfg, knn=knn, seed=seed
+        )
         parts.append(last.predictions.with_columns(fold=pl.lit(f)))
     predictions = pl.concat(parts)
     wn, cents = (last.worldnet, last.centroids) if last else (None, None)

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
 TMP_SUFFIX = ".tmp-worldnet"
 
 
@@ -37,11 +36,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
@@ -53,7 +51,6 @@ def write_with_atomic(path: str | os.PathLike[str], writer: Callable[[Path], obj
     """Call ``writer(tmp_path)`` (e.g. ``df.write_parquet``) and rename on success."""
     with atomic_path(path) as tmp:
         writer(tmp)
-
 
 
 def stray_temp_files(root: str | os.PathLike[str]) -> list[Path]:

@@ -25,9 +25,7 @@ def geoscore(distances_km: ArrayLike) -> float:
     return float(np.mean(5000.0 * np.exp(-d / GEOSCORE_SCALE_KM)))
 
 
-def bootstrap_mean_ci(
-    distances_km: ArrayLike, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
+def bootstrap_mean_ci(distances_km: ArrayLike, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean distance."""
     d = _distances(distances_km)
     rng = np.random.default_rng(seed)

@@ -23,7 +23,8 @@ def paper_table(metrics: pl.DataFrame) -> str:
 def markdown_table(metrics: pl.DataFrame) -> str:
     """Paper columns first, then median, CI, standard thresholds, continent accuracy, GeoScore."""
     head = (
-        "| model | mean distance | <1,000km | median km | mean km (95% CI) | 1 km | 25 km | 200 km | 750 km | 2500 km | continent | GeoScore |\n"
+        "| model | mean distance | <1,000km | median km | mean km (95% CI) "
+        "| 1 km | 25 km | 200 km | 750 km | 2500 km | continent | GeoScore |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     rows = [
@@ -80,10 +81,9 @@ def plot_map(result: ProtocolResult, path: Path, *, n: int = 150, seed: int = 0)
     matplotlib.use("Agg")
     import geopandas as gpd
     import matplotlib.pyplot as plt
+    import shapely
 
     from worldnet.geo.naturalearth import load_countries
-
-    import shapely
 
     # a 0.2° simplification is invisible at this scale and draws ~20x faster
     world = gpd.GeoSeries(shapely.simplify(load_countries().geometry, 0.2))

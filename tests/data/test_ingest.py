@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-
 import polars as pl
 import pytest
 
@@ -72,7 +71,16 @@ def test_rejects_table_has_every_bad_row_and_reason(broken_world):
     manifest, rejects = ingest("gsv_cities", root)
     reasons = sorted(rejects["reason"].to_list())
     assert reasons == sorted(
-        ["missing_image", "empty_file", "not_an_image", "filename_coords_mismatch", "coords_invalid", "date_out_of_range", "duplicate_image_id", "unparseable_row"]
+        [
+            "missing_image",
+            "empty_file",
+            "not_an_image",
+            "filename_coords_mismatch",
+            "coords_invalid",
+            "date_out_of_range",
+            "duplicate_image_id",
+            "unparseable_row",
+        ]
     )
     # which rows: every reject names its source file and line
     madrid_lines = len((root / "Dataframes" / "Madrid.csv").read_text().splitlines())
@@ -195,5 +203,3 @@ def test_real_metadata_ingest_is_fast(shared_data):
     assert m.height + r.height == 470_834
     assert "date_out_of_range" in r["reason"].to_list()
     assert elapsed < 10
-
-

@@ -30,7 +30,7 @@ def test_prefect_yaml_declares_nightly_schedule_and_every_stage():
     assert deps["nightly"]["schedules"][0]["cron"] == "0 2 * * *"
     import flows.pipeline as fp
 
-    for name, d in deps.items():
+    for d in deps.values():
         path, attr = d["entrypoint"].split(":")
         assert path == "flows/pipeline.py" and hasattr(fp, attr), d["entrypoint"]
 
@@ -58,7 +58,10 @@ def test_real_server_deploys_and_runs_a_stage_deployment(tmp_path):
     }
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     worker = None
     try:
@@ -84,9 +87,24 @@ def test_real_server_deploys_and_runs_a_stage_deployment(tmp_path):
         params = {"cfg": {"data_root": str(data), "root": str(tmp_path / "root"), "backbone": "tiny_random", "progress": False}}
         worker = subprocess.Popen(
             [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "worldnet"],
-            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        run = _prefect(env, "deployment", "run", "worldnet-ingest/ingest", "--params", json.dumps(params), "--watch", "--watch-timeout", "300", timeout=360, check=False)
+        run = _prefect(
+            env,
+            "deployment",
+            "run",
+            "worldnet-ingest/ingest",
+            "--params",
+            json.dumps(params),
+            "--watch",
+            "--watch-timeout",
+            "300",
+            timeout=360,
+            check=False,
+        )
         assert run.returncode == 0, run.stdout + run.stderr
         assert "Completed" in run.stdout, run.stdout
         assert (tmp_path / "root" / "01_raw" / "manifest.parquet").is_file()

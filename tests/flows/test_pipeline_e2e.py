@@ -38,7 +38,16 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tmp_path / "data"
     generate(SynthConfig(out=data, cities=["Madrid", "PRS", "Bangkok", "Boston", "Melbourne"], per_city=16, size=(64, 48)), progress=False)
-    cfg = PipelineConfig(data_root=str(data), root=str(tmp_path / "root"), backbone="tiny_random", n_unseen=1, shard_size=32, image_width=64, image_height=48, progress=False)
+    cfg = PipelineConfig(
+        data_root=str(data),
+        root=str(tmp_path / "root"),
+        backbone="tiny_random",
+        n_unseen=1,
+        shard_size=32,
+        image_width=64,
+        image_height=48,
+        progress=False,
+    )
     out = pipeline(cfg)
     cat = cfg.catalog()
     for name in ("manifest_raw", "rejects", "manifest_debiased", "splits", "image_shards", "feature_shards", "report"):
@@ -86,7 +95,15 @@ def test_predict_real_photo(harness, tmp_path, shared_data, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tmp_path / "data"
     generate(SynthConfig(out=data, cities=["Madrid", "Bangkok", "Boston", "Melbourne"], per_city=12, size=(64, 48)), progress=False)
-    cfg = PipelineConfig(data_root=str(data), root=str(tmp_path / "root"), backbone="tiny_random", n_unseen=1, image_width=64, image_height=48, progress=False)
+    cfg = PipelineConfig(
+        data_root=str(data),
+        root=str(tmp_path / "root"),
+        backbone="tiny_random",
+        n_unseen=1,
+        image_width=64,
+        image_height=48,
+        progress=False,
+    )
     pipeline(cfg)
     photo = sorted((shared_data / "osv5m_sample" / "images").glob("*.jpg"))[0]
     res = CliRunner().invoke(app, ["predict", str(photo), "--root", cfg.root, "--json"])

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class ShardImageDataset(IterableDataset[tuple[str, np.ndarray]]):
         for _, path in _my_shards(self.shards):
             for batch in iter_shard_rows(path, ["image_id", "jpeg"], self.batch_size):
                 for image_id, data in zip(batch["image_id"], batch["jpeg"], strict=True):
-                    yield str(image_id), self.decode(data)
+                    yield str(image_id), self.decode(cast(bytes, data))
 
 
 @dataclass
@@ -76,7 +77,7 @@ class ShardBatchDataset(IterableDataset[ShardBatch]):
             for k, path in _my_shards(self.shards):
                 for batch in iter_shard_rows(path, ["image_id", "jpeg"], self.batch_size):
                     jpegs = batch["jpeg"]
-                    arrays = list(pool.map(self.decode, jpegs)) if pool else [self.decode(d) for d in jpegs]
+                    arrays = list(pool.map(self.decode, jpegs)) if pool else [self.decode(cast(bytes, d)) for d in jpegs]
                     yield ShardBatch(k, [str(i) for i in batch["image_id"]], torch.from_numpy(np.stack(arrays)))
         finally:
             if pool:

@@ -78,7 +78,12 @@ def read_gsv_cities(root: str | os.PathLike[str]) -> tuple[pl.DataFrame, pl.Data
             header = next(reader, None)
             if header is None or [h.strip() for h in header[-8:]] != list(GSV_COLUMNS):
                 rejects.append(
-                    {"source": str(csv_path), "row": 1, "reason": "unparseable_row", "detail": f"header {header} is not {list(GSV_COLUMNS)}"}
+                    {
+                        "source": str(csv_path),
+                        "row": 1,
+                        "reason": "unparseable_row",
+                        "detail": f"header {header} is not {list(GSV_COLUMNS)}",
+                    }
                 )
                 continue
             offset = len(header) - len(GSV_COLUMNS)  # tolerate a leading pandas index column
@@ -166,9 +171,7 @@ def read_gsv_metadata(path: str | os.PathLike[str]) -> tuple[pl.DataFrame, pl.Da
         city=pl.col(city_col).cast(pl.String),
         heading=heading,
     )
-    head = pl.when(pl.col("heading").is_null()).then(pl.lit("")).otherwise(
-        pl.lit("_") + pl.col("heading").cast(pl.String).str.zfill(3)
-    )
+    head = pl.when(pl.col("heading").is_null()).then(pl.lit("")).otherwise(pl.lit("_") + pl.col("heading").cast(pl.String).str.zfill(3))
     df = df.with_columns(
         image_id=pl.col("city")
         + "_"
@@ -199,7 +202,15 @@ def read_flat(folder: str | os.PathLike[str]) -> tuple[pl.DataFrame, pl.DataFram
         try:
             city, lat, lon = parts[0], float(parts[1]), float(parts[2])
         except (ValueError, IndexError):
-            rejects.append({"source": str(folder), "path": str(p), "image_id": p.stem, "reason": "unparseable_row", "detail": "name is not {City}_{lat}_{lon}.jpg"})
+            rejects.append(
+                {
+                    "source": str(folder),
+                    "path": str(p),
+                    "image_id": p.stem,
+                    "reason": "unparseable_row",
+                    "detail": "name is not {City}_{lat}_{lon}.jpg",
+                }
+            )
             continue
         rows.append({"image_id": p.stem, "city": city, "lat": lat, "lon": lon, "path": str(p), "source": "flat"})
     return _finish(rows), rejects_frame(rejects)
@@ -226,7 +237,14 @@ def read_csv_table(csv_path: str | os.PathLike[str], image_root: str | os.PathLi
             raise DatasetNotFoundError(f"{csv_path} needs columns lat, lon and path or image_id; it has {header}")
         for line_no, fields in enumerate(reader, start=2):
             if len(fields) != len(header):
-                rejects.append({"source": str(csv_path), "row": line_no, "reason": "unparseable_row", "detail": f"expected {len(header)} fields, got {len(fields)}"})
+                rejects.append(
+                    {
+                        "source": str(csv_path),
+                        "row": line_no,
+                        "reason": "unparseable_row",
+                        "detail": f"expected {len(header)} fields, got {len(fields)}",
+                    }
+                )
                 continue
             rec = dict(zip(header, (f.strip() for f in fields), strict=True))
             try:
@@ -282,25 +300,35 @@ def validate(manifest: pl.DataFrame, *, check_files: bool = True, source: str = 
     if "_src" not in df.columns:
         df = df.with_columns(_src=pl.lit(source or None, dtype=pl.String))
     bad_coord = (
-        pl.col("lat").is_null() | pl.col("lon").is_null() | pl.col("lat").is_nan() | pl.col("lon").is_nan()
-        | (pl.col("lat").abs() > 90) | (pl.col("lon").abs() > 180)
+        pl.col("lat").is_null()
+        | pl.col("lon").is_null()
+        | pl.col("lat").is_nan()
+        | pl.col("lon").is_nan()
+        | (pl.col("lat").abs() > 90)
+        | (pl.col("lon").abs() > 180)
     )
     bad_date = pl.col("year").is_not_null() & (
         (pl.col("year") < MIN_YEAR) | (pl.col("year") > MAX_YEAR) | (pl.col("month") < 1) | (pl.col("month") > 12)
     )
-    dup = pl.col("image_id").is_duplicated() & ~pl.col("_i").is_in(
-        df.group_by("image_id").agg(pl.col("_i").min())["_i"].implode()
-    )
+    dup = pl.col("image_id").is_duplicated() & ~pl.col("_i").is_in(df.group_by("image_id").agg(pl.col("_i").min())["_i"].implode())
     reason = (
-        pl.when(bad_coord).then(pl.lit("coords_invalid"))
-        .when(bad_date).then(pl.lit("date_out_of_range"))
-        .when(dup).then(pl.lit("duplicate_image_id"))
+        pl.when(bad_coord)
+        .then(pl.lit("coords_invalid"))
+        .when(bad_date)
+        .then(pl.lit("date_out_of_range"))
+        .when(dup)
+        .then(pl.lit("duplicate_image_id"))
         .otherwise(pl.lit(None, dtype=pl.String))
     )
     detail = (
-        pl.when(bad_coord).then(pl.format("lat={} lon={} (must be finite, |lat|<=90, |lon|<=180)", pl.col("lat"), pl.col("lon")))
-        .when(bad_date).then(pl.format("year={} month={} (street view dates run {}-{})", pl.col("year"), pl.col("month"), pl.lit(MIN_YEAR), pl.lit(MAX_YEAR)))
-        .when(dup).then(pl.lit("image id seen earlier in the input; first occurrence kept"))
+        pl.when(bad_coord)
+        .then(pl.format("lat={} lon={} (must be finite, |lat|<=90, |lon|<=180)", pl.col("lat"), pl.col("lon")))
+        .when(bad_date)
+        .then(
+            pl.format("year={} month={} (street view dates run {}-{})", pl.col("year"), pl.col("month"), pl.lit(MIN_YEAR), pl.lit(MAX_YEAR))
+        )
+        .when(dup)
+        .then(pl.lit("image id seen earlier in the input; first occurrence kept"))
     )
     df = df.with_columns(_reason=reason, _detail=detail)
     if check_files and df.height:

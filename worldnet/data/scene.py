@@ -28,9 +28,7 @@ from PIL import Image, ImageDraw
 from worldnet.geo.sphere import latlon_to_xyz
 
 #: Countries (ISO alpha-2) that drive on the left.
-LEFT_HAND_TRAFFIC = frozenset(
-    {"GB", "IE", "JP", "TH", "AU", "NZ", "ZA", "KE", "SG", "IN", "MY", "ID", "HK", "MT", "CY"}
-)
+LEFT_HAND_TRAFFIC = frozenset({"GB", "IE", "JP", "TH", "AU", "NZ", "ZA", "KE", "SG", "IN", "MY", "ID", "HK", "MT", "CY"})
 #: Continents where a yellow centre line is the norm.
 YELLOW_CENTRE_LINE = frozenset({"North America", "South America"})
 
@@ -185,8 +183,9 @@ def render(style: Style, heading: int, rng: np.random.Generator, size: tuple[int
     # --- facades on both sides, receding to the vanishing point
     # facades stay in plausible masonry/render colours: brick, ochre, cream, grey, pastel
     fh = f["facade_hue"]
-    facade_base = _hsv(0.02 + 0.13 * fh if fh < 0.8 else 0.55 + 0.5 * (fh - 0.8),
-                       0.08 + 0.5 * f["facade_sat"], 0.35 + 0.6 * f["facade_light"])
+    facade_base = _hsv(
+        0.02 + 0.13 * fh if fh < 0.8 else 0.55 + 0.5 * (fh - 0.8), 0.08 + 0.5 * f["facade_sat"], 0.35 + 0.6 * f["facade_light"]
+    )
     window_rgb = _hsv(0.58, 0.3, 0.25 + 0.3 * (1 - tod))
     setback = 0.55 + 0.3 * f["setback"]
     for side in (-1, 1):
@@ -235,7 +234,7 @@ def render(style: Style, heading: int, rng: np.random.Generator, size: tuple[int
 
     # --- parked cars on the kerb of the driving side
     park = -1 if style.left_hand else 1
-    for k in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(1, 4))):
         a = rng.uniform(0.15, 0.75)
         cx = W / 2 + (vx - W / 2) * a + park * (W * 0.36) * (1 - a)
         cy = H - (H - horizon) * a

@@ -100,10 +100,7 @@ def rejects_frame(rows: list[dict[str, object]]) -> pl.DataFrame:
 
 def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """Select and cast ``df`` to ``schema`` (missing columns become null)."""
-    cols = [
-        (pl.col(name).cast(dtype) if name in df.columns else pl.lit(None, dtype=dtype)).alias(name)
-        for name, dtype in schema.items()
-    ]
+    cols = [(pl.col(name).cast(dtype) if name in df.columns else pl.lit(None, dtype=dtype)).alias(name) for name, dtype in schema.items()]
     return df.select(cols)
 
 

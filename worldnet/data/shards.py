@@ -53,7 +53,7 @@ def shard_name(k: int) -> str:
 
 def decode_resize(data: bytes, width: int, height: int) -> Image.Image:
     """Decode JPEG bytes and resize to cover ``width``×``height``, then centre-crop."""
-    img = Image.open(io.BytesIO(data))
+    img: Image.Image = Image.open(io.BytesIO(data))
     if img.width * img.height > MAX_PIXELS:
         raise ValueError(f"image is {img.width}x{img.height}, over the {MAX_PIXELS:,}-pixel limit")
     scale = max(width / img.width, height / img.height)
@@ -101,7 +101,15 @@ def _write_shard(args: tuple[Path, list[dict[str, object]], ShardSpec, str]) -> 
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=spec.quality)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a reject, not a crash
-            rejects.append({"source": path.name, "image_id": r["image_id"], "path": r["path"], "reason": "corrupt_image", "detail": f"{type(exc).__name__}: {exc}"[:300]})
+            rejects.append(
+                {
+                    "source": path.name,
+                    "image_id": r["image_id"],
+                    "path": r["path"],
+                    "reason": "corrupt_image",
+                    "detail": f"{type(exc).__name__}: {exc}"[:300],
+                }
+            )
             continue
         for c in SHARD_COLUMNS[:7]:
             out[c].append(r[c])

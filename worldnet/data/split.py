@@ -80,9 +80,9 @@ def make_splits(
     return df.select(
         "image_id",
         seen=pl.col("_key").replace_strict(seen_map, return_dtype=pl.String),
-        unseen=pl.when(pl.col("city").is_in(held)).then(pl.lit("test")).otherwise(
-            pl.col("_key").replace_strict(unseen_map, default="train", return_dtype=pl.String)
-        ),
+        unseen=pl.when(pl.col("city").is_in(held))
+        .then(pl.lit("test"))
+        .otherwise(pl.col("_key").replace_strict(unseen_map, default="train", return_dtype=pl.String)),
     )
 
 

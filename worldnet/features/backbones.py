@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -115,18 +116,21 @@ def _efficientnet_lite0(pretrained: bool) -> Backbone:
         src = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
         model.load_state_dict(_map_lite0_keys(src, model.state_dict()))
     else:
-        torch.manual_seed(0)
-        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    body = nn.Sequential(model.conv_stem, model.bn1, model.blocks, model.conv_head, model.bn2)
+        with torch.random.fork_rng(devices=[]):  # same random weights every time, caller's RNG untouched
+            torch.manual_seed(0)
+            model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    parts = [cast(nn.Module, getattr(model, n)) for n in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")]
+    body = nn.Sequential(*parts)
+    dim = int(cast(int, model.num_features))
     spec = BackboneSpec(
         name="efficientnet_lite0" if pretrained else "efficientnet_lite0_random",
         input_size=(224, 298),
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
-        dim=model.num_features,
+        dim=dim,
         pretrained=pretrained,
     )
-    return Backbone(spec, body, model.num_features, head=model.classifier if pretrained else None)
+    return Backbone(spec, body, dim, head=cast(nn.Module, model.classifier) if pretrained else None)
 
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"

@@ -40,9 +40,7 @@ def haversine_km(lat1: ArrayLike, lon1: ArrayLike, lat2: ArrayLike, lon2: ArrayL
     return np.asarray(2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0))))
 
 
-def haversine_km_torch(
-    lat1: torch.Tensor, lon1: torch.Tensor, lat2: torch.Tensor, lon2: torch.Tensor
-) -> torch.Tensor:
+def haversine_km_torch(lat1: torch.Tensor, lon1: torch.Tensor, lat2: torch.Tensor, lon2: torch.Tensor) -> torch.Tensor:
     """Differentiable great-circle distance in km, for use as a training loss.
 
     ``arcsin(sqrt(a))`` has an infinite derivative at ``a = 0`` (a perfect
@@ -123,10 +121,7 @@ def spherical_mean(
         raise ValueError("weights sum to zero: the weighted mean is undefined")
     v = (w[:, None] * xyz).sum(axis=0) / total
     if np.linalg.norm(v) < min_norm:
-        raise ValueError(
-            "the points cancel out on the sphere (e.g. an antipodal pair): "
-            "their mean position is undefined"
-        )
+        raise ValueError("the points cancel out on the sphere (e.g. an antipodal pair): their mean position is undefined")
     mlat, mlon = xyz_to_latlon(v)
     return float(mlat), float(mlon)
 

@@ -63,7 +63,9 @@ class DirectRegression(nn.Module):
         return out
 
 
-def fit_direct_regression(X: np.ndarray, latlon: np.ndarray, *, epochs: int = 50, lr: float = 0.01, seed: int = 0) -> tuple[DirectRegression, Standardiser]:
+def fit_direct_regression(
+    X: np.ndarray, latlon: np.ndarray, *, epochs: int = 50, lr: float = 0.01, seed: int = 0
+) -> tuple[DirectRegression, Standardiser]:
     """Train the paper's regression head (MSE on 0–1 coordinates, Adam lr 0.01)."""
     torch.manual_seed(seed)
     std = Standardiser.fit(X)

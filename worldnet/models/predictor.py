@@ -20,12 +20,19 @@ from worldnet.features.backbones import Backbone, build_backbone
 from worldnet.features.extract import embed_images
 from worldnet.geo.land import snap_to_land
 from worldnet.geo.regions import continent_of, country_of
-from worldnet.models.worldnet_model import CentroidClassifier, ClassifierFit, InterpolationHead, Standardiser, WorldNet
 from worldnet.io import write_with_atomic
+from worldnet.models.worldnet_model import CentroidClassifier, ClassifierFit, InterpolationHead, Standardiser, WorldNet
 
 
 class ImageInputError(ValueError):
     """A file given to ``predict`` is missing, not an image, or too large."""
+
+
+def _linear(seq: torch.nn.Sequential, i: int) -> torch.nn.Linear:
+    layer = seq[i]
+    if not isinstance(layer, torch.nn.Linear):
+        raise TypeError(f"expected a Linear layer at position {i}, found {type(layer).__name__}")
+    return layer
 
 
 def save_worldnet(wn: WorldNet, path: str | Path, *, backbone: str, snap: bool = True) -> Path:
@@ -38,7 +45,11 @@ def save_worldnet(wn: WorldNet, path: str | Path, *, backbone: str, snap: bool =
         "std": torch.from_numpy(wn.standardiser.std),
         "centroids": torch.from_numpy(np.asarray(wn.centroids_latlon, dtype=np.float64)),
         "names": list(wn.centroid_names),
-        "dims": [int(wn.classifier.net[1].in_features), int(wn.classifier.net[1].out_features), int(wn.head.mlp[0].out_features)],
+        "dims": [
+            _linear(wn.classifier.net, 1).in_features,
+            _linear(wn.classifier.net, 1).out_features,
+            _linear(wn.head.mlp, 0).out_features,
+        ],
         "classifier": wn.classifier.state_dict(),
         "head": wn.head.state_dict(),
         "metrics": {k: float(v) for k, v in wn.metrics.items()},
@@ -52,7 +63,11 @@ def save_classifier(fit: ClassifierFit, path: str | Path) -> Path:
     blob = {
         "mean": torch.from_numpy(fit.standardiser.mean),
         "std": torch.from_numpy(fit.standardiser.std),
-        "dims": [int(fit.classifier.net[1].in_features), int(fit.classifier.net[1].out_features), int(fit.classifier.net[4].out_features)],
+        "dims": [
+            _linear(fit.classifier.net, 1).in_features,
+            _linear(fit.classifier.net, 1).out_features,
+            _linear(fit.classifier.net, 4).out_features,
+        ],
         "classifier": fit.classifier.state_dict(),
         "metrics": {k: float(v) for k, v in fit.metrics.items()},
     }

@@ -79,10 +79,14 @@ class CentroidClassifier(nn.Module):
 class InterpolationHead(nn.Module):
     """Distribution over K centroids → weights → spherical composition (lat, lon)."""
 
+    centroid_xyz: torch.Tensor
+
     def __init__(self, centroids_latlon: np.ndarray, hidden: int = 128):
         super().__init__()
         k = len(centroids_latlon)
-        self.register_buffer("centroid_xyz", torch.tensor(latlon_to_xyz(centroids_latlon[:, 0], centroids_latlon[:, 1]), dtype=torch.float32))
+        self.register_buffer(
+            "centroid_xyz", torch.tensor(latlon_to_xyz(centroids_latlon[:, 0], centroids_latlon[:, 1]), dtype=torch.float32)
+        )
         self.mlp = nn.Sequential(nn.Linear(k, hidden), nn.ReLU(), nn.Linear(hidden, k))
         self.temperature = nn.Parameter(torch.tensor(1.0))
 
@@ -144,7 +148,9 @@ def predict_proba(model: CentroidClassifier, X: torch.Tensor) -> torch.Tensor:
         return torch.softmax(model(X), dim=-1)
 
 
-def train_head(probs: torch.Tensor, target_latlon: np.ndarray, centroids_latlon: np.ndarray, cfg: TrainConfig) -> tuple[InterpolationHead, list[float]]:
+def train_head(
+    probs: torch.Tensor, target_latlon: np.ndarray, centroids_latlon: np.ndarray, cfg: TrainConfig
+) -> tuple[InterpolationHead, list[float]]:
     """Fit the interpolation head with the haversine loss (full-batch Adam)."""
     torch.manual_seed(cfg.seed)
     head = InterpolationHead(centroids_latlon, cfg.head_hidden)
