@@ -2,7 +2,9 @@
 
 Every pipeline run registers a new version of ``worldnet`` and points the
 ``challenger`` alias at it; it takes ``champion`` only if it beats the current
-champion's worldNET mean km on both protocols (or there is no champion yet).
+champion's worldNET mean km on both protocols of the same split (same
+``splits.parquet`` hash), or there is no champion yet. The decision and both
+sets of figures are logged.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from tasks.stages import PipelineConfig, _run
-from tasks.tracking import MODEL_NAME
+from tasks.tracking import MODEL_NAME, file_hash
 
 PIP_REQUIREMENTS = ["worldnet", "torch==2.14.1", "torchvision==0.29.1", "timm", "polars", "shapely>=2", "geopandas>=1"]
 
@@ -45,7 +47,7 @@ class WorldNetPyfunc(PythonModel):
         )
 
 
-def _current_champion_scores(client: MlflowClient) -> dict[str, float] | None:
+def _current_champion_scores(client: MlflowClient) -> dict[str, Any] | None:
     try:
         mv = client.get_model_version_by_alias(MODEL_NAME, "champion")
     except mlflow.exceptions.MlflowException:
@@ -56,7 +58,7 @@ def _current_champion_scores(client: MlflowClient) -> dict[str, float] | None:
     m = run.data.metrics
     if "seen_mean_km" not in m or "unseen_mean_km" not in m:
         return None
-    return {"seen": m["seen_mean_km"], "unseen": m["unseen_mean_km"]}
+    return {"seen": m["seen_mean_km"], "unseen": m["unseen_mean_km"], "split": run.data.tags.get("split_sha256", "")}
 
 
 @task(name="register", retries=1, retry_delay_seconds=2)
@@ -65,8 +67,10 @@ def register_task(cfg: PipelineConfig, scores: dict[str, float], parent_run_id: 
     cat = cfg.catalog()
     model_file = cat.require("worldnet_model", protocol="seen", mode=cfg.head_mode)
     client = MlflowClient()
+    split_hash = file_hash(cat.require("splits"))
     with _run(cfg, "register", parent_run_id) as run:
         mlflow.log_metrics({f"{p}_mean_km": v for p, v in scores.items()})
+        mlflow.set_tag("split_sha256", split_hash)
         example = pd.DataFrame({"path": ["photo.jpg"]})
         signature = infer_signature(
             example,
@@ -84,10 +88,15 @@ def register_task(cfg: PipelineConfig, scores: dict[str, float], parent_run_id: 
         version = str(info.registered_model_version)
         client.set_registered_model_alias(MODEL_NAME, "challenger", version)
         champion = _current_champion_scores(client)
-        promote = champion is None or all(scores[p] < champion[p] for p in ("seen", "unseen"))
+        if champion is None:
+            promote, decision = True, "promoted to champion (there was none)"
+        elif champion["split"] != split_hash:
+            promote, decision = False, "kept as challenger: the champion was scored on a different split; compare them on one split first"
+        else:
+            promote = all(scores[p] < champion[p] for p in ("seen", "unseen"))
+            decision = "promoted to champion (better on both protocols)" if promote else "kept as challenger (not better on both protocols)"
         if promote:
             client.set_registered_model_alias(MODEL_NAME, "champion", version)
-        decision = "promoted to champion" if promote else "kept as challenger"
         mlflow.set_tag("registry_decision", decision)
         mlflow.log_dict({"challenger": scores, "champion_before": champion, "decision": decision}, "registry_decision.json")
         return {"version": version, "decision": decision, "champion_before": champion, "run_id": run.info.run_id}

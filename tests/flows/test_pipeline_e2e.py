@@ -89,6 +89,12 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
     assert again["states"]["evaluate"] == "Completed"
     assert cat.load("metrics", protocol="seen").equals(metrics_before)
 
+    # a second registration with the same scores on the same split stays challenger
+    reg = pipeline(cfg, only="register")["register"]
+    assert reg["decision"].startswith("kept as challenger (not better"), reg
+    assert str(client.get_model_version_by_alias("worldnet", "champion").version) == out["register"]["version"]
+    assert str(client.get_model_version_by_alias("worldnet", "challenger").version) == reg["version"]
+
 
 @pytest.mark.real_data
 def test_predict_real_photo(harness, tmp_path, shared_data, monkeypatch):
