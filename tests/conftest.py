@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from flows.env import apply_local_defaults
+
 _HOME = tempfile.mkdtemp(prefix="worldnet-tests-")
 os.environ.setdefault("PREFECT_HOME", os.path.join(_HOME, "prefect"))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("MPLBACKEND", "Agg")
+apply_local_defaults()
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

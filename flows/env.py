@@ -1,0 +1,25 @@
+"""Local, quiet defaults for Prefect and MLflow, applied before either is imported.
+
+Shared by the CLI and the tests so a bare ``pytest`` or ``worldnet`` behaves
+like ``make``. Only fills variables the user has not set.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # the first ephemeral start takes ~20 s here; the default 20 s timeout is too tight
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "MPLBACKEND": "Agg",
+}
+
+
+def apply_local_defaults() -> None:
+    """Set each of :data:`DEFAULTS` unless already set in the environment."""
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
