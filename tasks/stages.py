@@ -259,35 +259,31 @@ def restore_missing(cfg: PipelineConfig, stage: str, *, outputs: bool = False) -
     ins, outs = STAGE_IO.get(stage, ((), ()))
     ins = ins + outs if outputs else ins
     root = Path(cfg.root).resolve()
-    restored = []
+    restored: list[str] = []
+    missing = [p for n in ins if n != "raw_images" for p in _io_paths(cfg, (n,)) if not p.exists()]
+    if not missing:
+        return restored
     client = mlflow.tracking.MlflowClient()
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
-    for n in ins:
-        if n == "raw_images":
-            continue
-        for p in _io_paths(cfg, (n,)):
-            if p.exists():
-                continue
-            rel = _rel(p, root)
-            runs = (
-                client.search_runs(
-                    [exp.experiment_id], f"tags.`catalog.{rel}` = 'logged'", order_by=["attributes.start_time DESC"], max_results=5
-                )
-                if exp
-                else []
+    for p in missing:
+        rel = _rel(p, root)
+        runs = (
+            client.search_runs(
+                [exp.experiment_id], f"tags.`catalog.{rel}` = 'logged'", order_by=["attributes.start_time DESC"], max_results=5
             )
-            for run in runs:
-                with tempfile.TemporaryDirectory(dir=root) as tmp:
-                    try:
-                        got = Path(
-                            mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"catalog/{rel}", dst_path=tmp)
-                        )
-                    except Exception:  # noqa: BLE001 - try the next run that logged it
-                        continue
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(got, p)  # same filesystem: atomic
-                restored.append(rel)
-                break
+            if exp
+            else []
+        )
+        for run in runs:
+            with tempfile.TemporaryDirectory(dir=root) as tmp:
+                try:
+                    got = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"catalog/{rel}", dst_path=tmp))
+                except Exception:  # noqa: BLE001 - try the next run that logged it
+                    continue
+                p.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(got, p)  # same filesystem: atomic
+            restored.append(rel)
+            break
     return restored
 
 
@@ -396,9 +392,11 @@ def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[
         return {"images": res.images, "images_per_second": res.images_per_second}
 
 
-def _protocol_data(cfg: PipelineConfig, proto: str) -> ProtocolData:
+def _protocols(cfg: PipelineConfig) -> Iterator[tuple[str, ProtocolData]]:
+    """Each protocol's data, from one read of the feature shards."""
     X, labels = load_features(cfg.catalog().require("feature_shards"))
-    return protocol_data(X, labels, proto)
+    for proto in cfg.protocols:
+        yield proto, protocol_data(X, labels, proto)
 
 
 def _train_cfg(cfg: PipelineConfig) -> TrainConfig:
@@ -412,8 +410,8 @@ def cluster_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[
     out = {}
     with _run(cfg, "cluster", parent_run_id):
         mlflow.log_params({"cluster_strategy": cfg.cluster_strategy, "k": cfg.k})
-        for proto in cfg.protocols:
-            centroids = cluster_step(_protocol_data(cfg, proto), cfg.cluster_strategy, cfg.k, cfg.seed)
+        for proto, data in _protocols(cfg):
+            centroids = cluster_step(data, cfg.cluster_strategy, cfg.k, cfg.seed)
             cat.save("centroids", centroids, protocol=proto)
             mlflow.log_metric(f"{proto}.clusters", centroids.height)
             out[proto] = centroids.height
@@ -428,8 +426,8 @@ def train_classifier_task(cfg: PipelineConfig, parent_run_id: str | None = None)
     with _run(cfg, "train_classifier", parent_run_id):
         tc = _train_cfg(cfg)
         mlflow.log_params({"hidden": tc.hidden, "lr": tc.lr, "max_epochs": tc.max_epochs, "patience": tc.patience})
-        for proto in cfg.protocols:
-            fit = train_classifier_step(_protocol_data(cfg, proto), cat.load("centroids", protocol=proto), cfg.cluster_strategy, tc)
+        for proto, data in _protocols(cfg):
+            fit = train_classifier_step(data, cat.load("centroids", protocol=proto), cfg.cluster_strategy, tc)
             save_classifier(fit, cat.path("classifier", protocol=proto))
             mlflow.log_metrics({f"{proto}.{k}": v for k, v in fit.metrics.items()})
             out[proto] = fit.metrics
@@ -443,8 +441,7 @@ def train_interpolation_task(cfg: PipelineConfig, parent_run_id: str | None = No
     out: dict[str, Any] = {}
     with _run(cfg, "train_interpolation", parent_run_id):
         mlflow.log_params({"head_mode": cfg.head_mode, "snap": cfg.snap})
-        for proto in cfg.protocols:
-            data = _protocol_data(cfg, proto)
+        for proto, data in _protocols(cfg):
             centroids = cat.load("centroids", protocol=proto)
             fit = load_classifier(cat.require("classifier", protocol=proto))
             for mode in HEAD_MODES:
@@ -460,20 +457,19 @@ def train_baselines_task(cfg: PipelineConfig, parent_run_id: str | None = None) 
     """The paper's baselines; their test predictions are the stage's output."""
     cat = cfg.catalog()
     with _run(cfg, "train_baselines", parent_run_id):
-        for proto in cfg.protocols:
-            cat.save("baseline_predictions", train_baselines_step(_protocol_data(cfg, proto), seed=cfg.seed), protocol=proto)
+        for proto, data in _protocols(cfg):
+            cat.save("baseline_predictions", train_baselines_step(data, seed=cfg.seed), protocol=proto)
     return {"protocols": list(cfg.protocols)}
 
 
-def _load_protocol_result(cfg: PipelineConfig, proto: str, data: ProtocolData | None = None) -> tuple[ProtocolData, dict[str, WorldNet]]:
+def _load_worldnets(cfg: PipelineConfig, proto: str) -> dict[str, WorldNet]:
+    """The reported head mode as ``worldNET``, and the other mode under its own label."""
     cat = cfg.catalog()
-    data = data or _protocol_data(cfg, proto)
     other, other_label = other_head_mode(cfg.head_mode)
-    worldnets = {
+    return {
         "worldNET": load_worldnet(cat.require("worldnet_model", protocol=proto, mode=cfg.head_mode))[0],
         other_label: load_worldnet(cat.require("worldnet_model", protocol=proto, mode=other))[0],
     }
-    return data, worldnets
 
 
 @task(name="evaluate", **STAGE_TASK)
@@ -482,8 +478,8 @@ def evaluate_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict
     cat = cfg.catalog()
     summary: dict[str, Any] = {}
     with _run(cfg, "evaluate", parent_run_id):
-        for proto in cfg.protocols:
-            data, worldnets = _load_protocol_result(cfg, proto)
+        for proto, data in _protocols(cfg):
+            worldnets = _load_worldnets(cfg, proto)
             r = evaluate_step(
                 data,
                 worldnets,

@@ -7,8 +7,10 @@ for ``catalog.path("splits")`` or ``catalog.load("splits")``.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,14 @@ from worldnet.io import write_with_atomic
 
 DEFAULT_CATALOG = Path(__file__).resolve().parents[1] / "data_catalog" / "catalog.yml"
 DEFAULT_ROOT = Path(".worldnet")
+
+
+@lru_cache(maxsize=8)
+def _read_catalog(path: str) -> dict[str, dict[str, Any]]:
+    """Parse a catalog YAML once per process (stages resolve paths many times)."""
+    with open(path) as fh:
+        entries: dict[str, dict[str, Any]] = yaml.safe_load(fh)
+    return entries
 
 
 class MissingArtifactError(FileNotFoundError):
@@ -37,8 +47,7 @@ class Catalog:
     def from_yaml(
         cls, root: str | os.PathLike[str] = DEFAULT_ROOT, path: str | os.PathLike[str] = DEFAULT_CATALOG, **params: str
     ) -> Catalog:
-        with open(path) as fh:
-            entries = yaml.safe_load(fh)
+        entries = copy.deepcopy(_read_catalog(str(Path(path).resolve())))
         return cls(Path(root).resolve(), {k: str(v) for k, v in params.items()}, entries)
 
     def entry(self, name: str) -> dict[str, Any]:

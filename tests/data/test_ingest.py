@@ -1,20 +1,17 @@
 """Every kind of bad input becomes exactly one reject row; good rows all survive."""
 
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 
 import polars as pl
 import pytest
 
+from tests.resume import assert_kill_and_rerun_identical
 from worldnet.data.debias import debias
 from worldnet.data.ingest import StrictModeError, enforce_strict, ingest, read_flat
 from worldnet.data.shards import ShardSpec, write_shards
 from worldnet.data.split import make_splits
 from worldnet.data.synthetic import SynthConfig, generate, image_name
-from worldnet.io import stray_temp_files
 
 CITIES = ["Madrid", "Bangkok", "Boston", "Melbourne"]
 
@@ -174,16 +171,8 @@ def test_killed_shard_stage_resumes_to_identical_output(tmp_path):
         sh.write_shards(t, Path(sys.argv[1]), sh.ShardSpec(shard_size=8, width=40, height=30), workers=1, progress=False)
         """
     )
-    (tmp_path / "job.py").write_text(script)
-    killed = subprocess.run([sys.executable, str(tmp_path / "job.py"), str(tmp_path / "a"), "3"])
-    assert killed.returncode == -signal.SIGKILL
-    assert len(list((tmp_path / "a").glob("shard-*.parquet"))) == 3
-    subprocess.run([sys.executable, str(tmp_path / "job.py"), str(tmp_path / "a")], check=True)
-    subprocess.run([sys.executable, str(tmp_path / "job.py"), str(tmp_path / "b")], check=True)
-    a = {p.name: p.read_bytes() for p in sorted((tmp_path / "a").glob("shard-*"))}
-    b = {p.name: p.read_bytes() for p in sorted((tmp_path / "b").glob("shard-*"))}
-    assert a == b and len(a) >= 8
-    assert not stray_temp_files(tmp_path / "a")
+    a = assert_kill_and_rerun_identical(script, tmp_path, kill_after=3, pattern="shard-*")
+    assert len(a) >= 8
 
 
 def test_missing_dataset_error_says_what_to_do(tmp_path):

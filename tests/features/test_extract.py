@@ -1,14 +1,12 @@
 """Feature extraction: aligned, resumable after a SIGKILL, same output whichever decode path."""
 
-import signal
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
 
+from tests.resume import assert_kill_and_rerun_identical
 from worldnet.data.ingest import ingest
 from worldnet.data.shards import ShardSpec, write_shards
 from worldnet.data.split import make_splits
@@ -16,7 +14,6 @@ from worldnet.data.synthetic import SynthConfig, generate
 from worldnet.features.backbones import build_backbone
 from worldnet.features.extract import extract_features, load_features
 from worldnet.features.preprocess import normalise_batch
-from worldnet.io import stray_temp_files
 
 CITIES = ["Madrid", "Bangkok", "Boston", "Melbourne"]
 
@@ -70,16 +67,8 @@ def test_killed_extraction_resumes_to_identical_feature_shards(shards, tmp_path)
         ex.extract_features(build_backbone("tiny_random"), "{shards_dir}", sys.argv[1], progress=False)
         """
     )
-    (tmp_path / "job.py").write_text(script)
-    killed = subprocess.run([sys.executable, str(tmp_path / "job.py"), str(tmp_path / "a"), "2"])
-    assert killed.returncode == -signal.SIGKILL
-    assert len(list((tmp_path / "a").glob("feat-*.parquet"))) == 2
-    subprocess.run([sys.executable, str(tmp_path / "job.py"), str(tmp_path / "a")], check=True)
-    subprocess.run([sys.executable, str(tmp_path / "job.py"), str(tmp_path / "b")], check=True)
-    a = {p.name: p.read_bytes() for p in sorted((tmp_path / "a").glob("feat-*"))}
-    b = {p.name: p.read_bytes() for p in sorted((tmp_path / "b").glob("feat-*"))}
-    assert a == b and len(a) == 2 * len(list(shards_dir.glob("shard-*.parquet")))
-    assert not stray_temp_files(tmp_path / "a")
+    a = assert_kill_and_rerun_identical(script, tmp_path, kill_after=2, pattern="feat-*")
+    assert len(a) == 2 * len(list(shards_dir.glob("shard-*.parquet")))
 
 
 def test_rerun_skips_complete_shards(shards, tmp_path):

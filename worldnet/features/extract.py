@@ -177,10 +177,10 @@ def extract_features(
                 images += len(ids)
                 written += 1
     bar.close()
-    for k in pending:  # only an empty shard can be left: write it so it counts as done
-        shard, labels = todo[k]
-        _write_feature_shard(out, shard, labels, *pending[k])
-    for shard, labels in todo:
+    if pending:
+        names = ", ".join(todo[k][0].name for k in pending)
+        raise RuntimeError(f"image shards {names} yielded fewer images than their index says; rerun the 'shard' stage")
+    for shard, labels in todo:  # empty shards get no batch: write them so they count as done
         if labels.height == 0:
             _write_feature_shard(out, shard, labels, [], [np.zeros((0, backbone.spec.dim), np.float16)])
     return ExtractResult(out, images, written, skipped, time.perf_counter() - t0)
