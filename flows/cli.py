@@ -7,7 +7,6 @@ whole pipeline under Prefect with MLflow tracking, and prints the paper's table.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -54,7 +53,7 @@ def synth(
 
 def _config(
     data_root: Path,
-    root: Path,
+    root: Path | str,
     backbone: str,
     weights: str | None,
     dataset_kind: str,
@@ -83,6 +82,7 @@ def _config(
 
 
 def _print_results(result: dict, root: Path) -> None:
+    """The paper's tables, where the report and maps are, and how each stage went (``root``: the MLflow folder)."""
     summary = result.get("evaluate") or {}
     titles = {"seen": "Figure 4a: unseen images of seen cities", "unseen": "Figure 4b: unseen images of unseen cities"}
     for proto, s in summary.items():
@@ -92,7 +92,9 @@ def _print_results(result: dict, root: Path) -> None:
         typer.echo(f"\nreport: {rep.get('report')}\nmaps:   {rep.get('seen_map')}, {rep.get('unseen_map')}")
     if "register" in result:
         typer.echo(f"registry: worldnet v{result['register'].get('version')} {result['register'].get('decision')}")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    from tasks.tracking import user_tracking_uri
+
+    uri = user_tracking_uri() or f"sqlite:///{(root / 'mlflow.db').resolve()}"
     typer.echo(f"MLflow UI: mlflow ui --backend-store-uri {uri}")
     t = result.get("timings", {})
     states = result.get("states", {})
@@ -108,7 +110,13 @@ def _print_results(result: dict, root: Path) -> None:
 @app.command()
 def run(
     data_root: Annotated[Path, typer.Option(help="Input dataset (GSV-Cities layout by default).")] = Path(".worldnet/data/synthetic"),
-    root: Annotated[Path, typer.Option(help="Catalog root: every artifact and the MLflow store live here.")] = Path(".worldnet"),
+    root: Annotated[
+        str,
+        typer.Option(
+            help="Catalog root: a folder, or an fsspec URL (s3://bucket/worldnet, gs://...) that Dask workers share. "
+            "The MLflow store lives here when it is a folder, else in ./.worldnet (or MLFLOW_TRACKING_URI)."
+        ),
+    ] = ".worldnet",
     only: Annotated[str | None, typer.Option(help="Run just this stage, reusing upstream artifacts.")] = None,
     from_stage: Annotated[str | None, typer.Option("--from", help="Run from this stage to the end.")] = None,
     dataset_kind: Annotated[str, typer.Option(help="gsv_cities | gsv_metadata | flat | csv")] = "gsv_cities",
@@ -121,18 +129,31 @@ def run(
     strict: Annotated[bool, typer.Option(help="Fail if any input row is rejected (same report).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     device: Annotated[str, typer.Option(help="Feature extraction device: auto (CUDA if available) | cpu | cuda.")] = "auto",
+    task_runner: Annotated[
+        str, typer.Option(help="Where per-shard tasks run: threads (this process) or dask (a Dask cluster via prefect-dask).")
+    ] = "threads",
+    dask_address: Annotated[str | None, typer.Option(help="With --task-runner dask: an existing scheduler, e.g. tcp://HOST:8786.")] = None,
+    dask_workers: Annotated[
+        int | None, typer.Option(help="With --task-runner dask and no address: worker processes of a LocalCluster (default: cores).")
+    ] = None,
 ) -> None:
     """Run the pipeline (or one stage of it) under Prefect with MLflow tracking.
 
     Stages: ingest, debias, split, shard, extract_features, cluster, train_classifier,
-    train_interpolation, train_baselines, evaluate, report, register.
+    train_interpolation, train_baselines, evaluate, report, register. The shard and
+    extract_features stages map one task per shard, onto Dask workers with --task-runner dask.
     """
-    from flows.pipeline import pipeline
+    from flows.pipeline import run_pipeline
+    from flows.runners import make_task_runner
 
+    try:
+        runner = make_task_runner(task_runner, dask_address=dask_address, dask_workers=dask_workers)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     cfg = _config(data_root, root, backbone, weights, dataset_kind, strict, head_mode, cluster, k, seed, unseen)
     cfg.device = device
-    result = pipeline(cfg, from_stage=from_stage, only=only)
-    _print_results(result, root)
+    result = run_pipeline(cfg, task_runner=runner, from_stage=from_stage, only=only)
+    _print_results(result, cfg.tracking_root())
 
 
 @app.command()

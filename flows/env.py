@@ -16,6 +16,9 @@ DEFAULTS = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
     "MPLBACKEND": "Agg",
+    # Dask's scheduler and workers log every start/stop at INFO
+    "DASK_LOGGING__DISTRIBUTED": "warning",
+    "DASK_DISTRIBUTED__WORKER__DAEMON": "false",
 }
 
 

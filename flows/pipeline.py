@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -75,6 +74,20 @@ def upstream_of(stage: str) -> list[str]:
     return list(STAGES[: STAGES.index(stage)])
 
 
+def run_pipeline(
+    cfg: PipelineConfig | None = None,
+    *,
+    task_runner: Any = None,
+    stages: list[str] | None = None,
+    from_stage: str | None = None,
+    only: str | None = None,
+) -> dict[str, Any]:
+    """Run :func:`pipeline` on ``task_runner`` (see ``flows.runners.make_task_runner``; default: threads)."""
+    fl = pipeline.with_options(task_runner=task_runner) if task_runner is not None else pipeline
+    result: dict[str, Any] = fl(cfg, stages=stages, from_stage=from_stage, only=only)
+    return result
+
+
 @flow(name="worldnet-pipeline", flow_run_name="worldnet-{cfg.backbone}")
 def pipeline(
     cfg: PipelineConfig | None = None,
@@ -101,8 +114,9 @@ def pipeline(
         artifacts, and the MLflow parent run id.
     """
     cfg = cfg or PipelineConfig()
-    Path(cfg.root).mkdir(parents=True, exist_ok=True)
-    configure_mlflow(Path(cfg.root))
+    tracking = cfg.tracking_root()
+    tracking.mkdir(parents=True, exist_ok=True)
+    configure_mlflow(tracking)
     todo = select_stages(stages, from_stage, only)
     checks = [s for s in upstream_of(only) if s != "register"] if only else []
     out: dict[str, Any] = {"stages": todo, "timings": {}, "states": {}, "restored": []}

@@ -9,7 +9,6 @@ sets of figures are logged.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -21,6 +20,7 @@ from prefect import task
 
 from tasks.stages import PipelineConfig, _run
 from tasks.tracking import MODEL_NAME, file_hash
+from worldnet.storage import local_copy
 
 PIP_REQUIREMENTS = ["worldnet", "torch==2.14.1", "torchvision==0.29.1", "timm", "polars", "shapely>=2", "geopandas>=1"]
 
@@ -68,7 +68,7 @@ def register_task(cfg: PipelineConfig, scores: dict[str, float], parent_run_id: 
     model_file = cat.require("worldnet_model", protocol="seen", mode=cfg.head_mode)
     client = MlflowClient()
     split_hash = file_hash(cat.require("splits"))
-    with _run(cfg, "register", parent_run_id) as run:
+    with _run(cfg, "register", parent_run_id) as run, local_copy(model_file) as local_model:
         mlflow.log_metrics({f"{p}_mean_km": v for p, v in scores.items()})
         mlflow.set_tag("split_sha256", split_hash)
         example = pd.DataFrame({"path": ["photo.jpg"]})
@@ -80,7 +80,7 @@ def register_task(cfg: PipelineConfig, scores: dict[str, float], parent_run_id: 
         info = mlflow.pyfunc.log_model(
             name="predictor",
             python_model=WorldNetPyfunc(),
-            artifacts={"worldnet": str(Path(model_file).resolve())},
+            artifacts={"worldnet": str(local_model)},
             signature=signature,
             pip_requirements=PIP_REQUIREMENTS,
             registered_model_name=MODEL_NAME,

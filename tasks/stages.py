@@ -26,12 +26,15 @@ import mlflow
 import polars as pl
 from prefect import task
 from prefect.context import TaskRunContext
+from upath import UPath
 
+from tasks.per_shard import backbone_spec, extract_one_task, map_with_progress, require_shared_store, shard_one_task
+from tasks.retry import retry_unless_user_error
 from tasks.tracking import EXPERIMENT, file_hash
 from worldnet.catalog import Catalog
 from worldnet.data.debias import debias
 from worldnet.data.ingest import enforce_strict, ingest, reject_counts
-from worldnet.data.shards import ShardSpec, write_shards
+from worldnet.data.shards import ShardSpec, collect_shards, plan_shards
 from worldnet.data.split import make_splits, split_counts
 from worldnet.evaluate import (
     ProtocolData,
@@ -44,12 +47,12 @@ from worldnet.evaluate import (
     train_classifier_step,
     train_interpolation_step,
 )
-from worldnet.features.backbones import build_backbone
-from worldnet.features.extract import extract_features, load_features
+from worldnet.features.extract import load_features, pending_shards
 from worldnet.io import write_text_atomic
 from worldnet.models.predictor import load_classifier, load_worldnet, save_classifier, save_worldnet
 from worldnet.models.worldnet_model import HEAD_MODES, TrainConfig, WorldNet
 from worldnet.report import paper_table, write_report
+from worldnet.storage import as_path, is_local, local_path, relative_to, url
 
 STAGES = (
     "ingest",
@@ -120,8 +123,16 @@ class PipelineConfig:
     def catalog(self) -> Catalog:
         return Catalog.from_yaml(self.root, data_root=self.data_root, backbone=self.backbone)
 
+    def tracking_root(self) -> Path:
+        """Local folder for the MLflow store: the catalog root, or ``./.worldnet`` when the root is a URL.
 
-def _io_paths(cfg: PipelineConfig, names: tuple[str, ...]) -> list[Path]:
+        (A team sharing an object store shares an MLflow server too: set
+        ``MLFLOW_TRACKING_URI`` and this folder is not used.)
+        """
+        return Path(as_path(self.root).path) if is_local(self.root) else Path(".worldnet")
+
+
+def _io_paths(cfg: PipelineConfig, names: tuple[str, ...]) -> list[UPath]:
     """Concrete paths of catalog entries, expanding ``{protocol}`` and ``{mode}`` templates."""
     cat = cfg.catalog()
     out = []
@@ -136,15 +147,16 @@ def _io_paths(cfg: PipelineConfig, names: tuple[str, ...]) -> list[Path]:
     return out
 
 
-def _fingerprint(path: Path, raw: bool) -> str:
+def _fingerprint(path: UPath, raw: bool) -> str:
     if not path.exists():
         return "<missing>"
     if raw and path.is_dir():  # raw inputs can be huge: names, sizes and mtimes, not bytes
         h = hashlib.sha256()
-        for f in sorted(path.rglob("*")):
+        for f in sorted(path.rglob("*"), key=str):
             if f.is_file():
                 st = f.stat()
-                h.update(f"{f.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+                mtime = getattr(st, "st_mtime_ns", None) or getattr(st, "st_mtime", "")
+                h.update(f"{relative_to(f, path)}|{st.st_size}|{mtime}\n".encode())
         return h.hexdigest()
     return file_hash(path)
 
@@ -155,7 +167,7 @@ def _digest(cfg: PipelineConfig, names: tuple[str, ...]) -> str:
     for n in names:
         raw = cat.entry(n).get("layer") == "raw" and n == "raw_images"
         for p in _io_paths(cfg, (n,)):
-            h.update(str(p).encode())
+            h.update(url(p).encode())
             h.update(_fingerprint(p, raw).encode())
     return h.hexdigest()
 
@@ -192,20 +204,21 @@ def outputs_present(cfg: PipelineConfig, stage: str) -> bool:
     return all(p.exists() for p in _io_paths(cfg, outs))
 
 
-def _producers_file(cfg: PipelineConfig) -> Path:
-    return Path(cfg.root) / "producers.json"
+def _producers_file(cfg: PipelineConfig) -> UPath:
+    return cfg.catalog().root / "producers.json"
 
 
 def _producers(cfg: PipelineConfig) -> dict[str, str]:
     f = _producers_file(cfg)
-    return json.loads(f.read_text()) if f.is_file() else {}
+    found: dict[str, str] = json.loads(f.read_text()) if f.is_file() else {}
+    return found
 
 
 def _lineage(cfg: PipelineConfig, stage: str) -> None:
     """Tag the run with each input's fingerprint and the MLflow run that produced it."""
     ins, _ = STAGE_IO.get(stage, ((), ()))
     producers = _producers(cfg)
-    root = Path(cfg.root).resolve()
+    root = cfg.catalog().root
     for n in ins:
         for p in _io_paths(cfg, (n,)):
             if not p.exists():
@@ -216,11 +229,11 @@ def _lineage(cfg: PipelineConfig, stage: str) -> None:
                 mlflow.set_tag(f"input.{key}.run_id", producers[key])
 
 
-def _rel(p: Path, root: Path) -> str:
-    return p.resolve().relative_to(root).as_posix()
+def _rel(p: UPath, root: UPath) -> str:
+    return relative_to(p, root)
 
 
-def _size_mb(p: Path) -> float:
+def _size_mb(p: UPath) -> float:
     files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
     return sum(f.stat().st_size for f in files) / 2**20
 
@@ -228,13 +241,16 @@ def _size_mb(p: Path) -> float:
 def _log_outputs(cfg: PipelineConfig, stage: str, run_id: str) -> None:
     """Log each output under ``catalog/<its path>`` (if small enough) so it can be restored."""
     _, outs = STAGE_IO.get(stage, ((), ()))
-    root = Path(cfg.root).resolve()
+    cat = cfg.catalog()
     producers = _producers(cfg)
     for p in _io_paths(cfg, outs):
         if not p.exists():
             continue
-        rel = _rel(p, root)
+        rel = _rel(p, cat.root)
         producers[rel] = run_id
+        if not cat.local:  # already in a shared, durable store: record where, do not copy
+            mlflow.set_tag(f"catalog.{rel}", f"in store: {p}"[:500])
+            continue
         if _size_mb(p) > cfg.mlflow_artifact_limit_mb:
             mlflow.set_tag(f"catalog.{rel}", f"not logged: over {cfg.mlflow_artifact_limit_mb} MB")
             continue
@@ -258,7 +274,10 @@ def restore_missing(cfg: PipelineConfig, stage: str, *, outputs: bool = False) -
     """
     ins, outs = STAGE_IO.get(stage, ((), ()))
     ins = ins + outs if outputs else ins
-    root = Path(cfg.root).resolve()
+    cat = cfg.catalog()
+    if not cat.local:  # a remote root is the durable copy; MLflow holds none of it
+        return []
+    root = local_path(cat.root)
     restored: list[str] = []
     missing = [p for n in ins if n != "raw_images" for p in _io_paths(cfg, (n,)) if not p.exists()]
     if not missing:
@@ -266,7 +285,7 @@ def restore_missing(cfg: PipelineConfig, stage: str, *, outputs: bool = False) -
     client = mlflow.tracking.MlflowClient()
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
     for p in missing:
-        rel = _rel(p, root)
+        rel = _rel(p, cat.root)
         runs = (
             client.search_runs(
                 [exp.experiment_id], f"tags.`catalog.{rel}` = 'logged'", order_by=["attributes.start_time DESC"], max_results=5
@@ -280,14 +299,21 @@ def restore_missing(cfg: PipelineConfig, stage: str, *, outputs: bool = False) -
                     got = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"catalog/{rel}", dst_path=tmp))
                 except Exception:  # noqa: BLE001 - try the next run that logged it
                     continue
-                p.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(got, p)  # same filesystem: atomic
+                dest = local_path(p)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(got, dest)  # same filesystem: atomic
             restored.append(rel)
             break
     return restored
 
 
-STAGE_TASK: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], cache_key_fn=stage_cache_key, persist_result=True)
+STAGE_TASK: dict[str, Any] = dict(
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_unless_user_error,
+    cache_key_fn=stage_cache_key,
+    persist_result=True,
+)
 
 
 @contextmanager
@@ -361,11 +387,14 @@ def split_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[st
 
 @task(name="shard", **STAGE_TASK)
 def shard_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[str, int]:
+    """Plan the image shards, map one ``shard-one`` task per pending shard, then index them."""
     cat = cfg.catalog()
+    require_shared_store(cfg.root, "shard")
     with _run(cfg, "shard", parent_run_id):
         table = cat.load("manifest_debiased").join(cat.load("splits"), on="image_id")
-        spec = ShardSpec(cfg.shard_size, cfg.image_width, cfg.image_height)
-        res = write_shards(table, cat.path("image_shards"), spec, progress=cfg.progress)
+        plan = plan_shards(table, cat.path("image_shards"), ShardSpec(cfg.shard_size, cfg.image_width, cfg.image_height))
+        map_with_progress(shard_one_task, plan.jobs, desc="image shards", unit="shard", progress=cfg.progress)
+        res = collect_shards(plan, written=len(plan.jobs))
         cat.save("shard_rejects", res.rejects)
         mlflow.log_params({"shard_size": cfg.shard_size, "size": f"{cfg.image_width}x{cfg.image_height}"})
         mlflow.log_metrics(
@@ -376,20 +405,34 @@ def shard_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[st
 
 @task(name="extract_features", task_run_name="extract-{cfg.backbone}", **STAGE_TASK)
 def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[str, float]:
+    """Map one ``extract-one`` task per image shard whose features are missing."""
     cat = cfg.catalog()
+    require_shared_store(cfg.root, "extract_features")
     with _run(cfg, "extract_features", parent_run_id):
-        backbone = build_backbone(cfg.backbone, cfg.backbone_weights)
-        res = extract_features(
-            backbone,
-            cat.require("image_shards"),
-            cat.path("feature_shards"),
+        t = time.perf_counter()
+        shards_dir, out_dir = cat.require("image_shards"), cat.path("feature_shards")
+        todo = pending_shards(shards_dir, out_dir)
+        done = map_with_progress(
+            extract_one_task,
+            todo,
+            desc=f"features {cfg.backbone}",
+            unit="shard",
+            progress=cfg.progress,
+            shards_dir=str(shards_dir),
+            out_dir=str(out_dir),
+            backbone=cfg.backbone,
+            weights=cfg.backbone_weights,
             flat=cfg.flat_features,
             device=cfg.device,
-            progress=cfg.progress,
         )
-        mlflow.log_params({"backbone": cfg.backbone, "dim": backbone.spec.dim, "input_size": str(backbone.spec.input_size)})
-        mlflow.log_metrics({"images": res.images, "images_per_second": res.images_per_second, "seconds": res.seconds})
-        return {"images": res.images, "images_per_second": res.images_per_second}
+        images = sum(int(d["images"]) for d in done)
+        processes = len({d["pid"] for d in done})
+        seconds = time.perf_counter() - t
+        spec = backbone_spec(cfg.backbone, cfg.backbone_weights)
+        mlflow.log_params({"backbone": cfg.backbone, "dim": spec.dim, "input_size": str(spec.input_size)})
+        ips = images / seconds if images else 0.0
+        mlflow.log_metrics({"images": images, "shards_embedded": len(todo), "images_per_second": ips, "seconds": seconds})
+        return {"images": images, "images_per_second": ips, "worker_processes": processes}
 
 
 def _protocols(cfg: PipelineConfig) -> Iterator[tuple[str, ProtocolData]]:

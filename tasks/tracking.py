@@ -7,30 +7,48 @@ import os
 from pathlib import Path
 
 import mlflow
+from upath import UPath
+
+from worldnet.storage import as_path, relative_to
 
 EXPERIMENT = "worldnet"
 MODEL_NAME = "worldnet"
 
 
+#: URIs this process set itself: ``mlflow.set_tracking_uri`` also exports
+#: ``MLFLOW_TRACKING_URI``, which must not then pass for the user's choice.
+_SET_BY_US: set[str] = set()
+
+
+def user_tracking_uri() -> str | None:
+    """``MLFLOW_TRACKING_URI`` if the user set it (not if an earlier run in this process did)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri if uri and uri not in _SET_BY_US else None
+
+
 def configure_mlflow(root: Path) -> str:
-    """Point MLflow at ``{root}/mlflow.db`` (unless ``MLFLOW_TRACKING_URI`` is set); returns the URI."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    """Point MLflow at ``{root}/mlflow.db`` (unless the user set ``MLFLOW_TRACKING_URI``); returns the URI."""
+    user = user_tracking_uri()
+    uri = user or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    if not user:
+        _SET_BY_US.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        artifact_root = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").resolve().as_uri()
+        artifact_root = None if user else (root / "mlartifacts").resolve().as_uri()
         mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_root)
     mlflow.set_experiment(EXPERIMENT)
     return uri
 
 
-def file_hash(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (names and bytes) in sorted order."""
+def file_hash(path: Path | UPath) -> str:
+    """sha256 of a file, or of a folder's files (names and bytes) in sorted order (any fsspec backend)."""
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    p = as_path(path)
+    files = [p] if p.is_file() else sorted((f for f in p.rglob("*") if f.is_file()), key=str)
     for f in files:
-        h.update(str(f.relative_to(path.parent if path.is_file() else path)).encode())
-        with open(f, "rb") as fh:
+        h.update((f.name if f is p else relative_to(f, p)).encode())
+        with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()

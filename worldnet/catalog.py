@@ -2,7 +2,9 @@
 
 The YAML in ``data_catalog/catalog.yml`` names each dataset with a path
 template, format, layer and the stage that produces it. Stages ask the catalog
-for ``catalog.path("splits")`` or ``catalog.load("splits")``.
+for ``catalog.path("splits")`` or ``catalog.load("splits")``. The root may be a
+local folder or an fsspec URL (``s3://bucket/worldnet``); paths come back as
+``UPath`` s either way (see :mod:`worldnet.storage`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Any
 
 import polars as pl
 import yaml
+from upath import UPath
 
 from worldnet.io import write_with_atomic
+from worldnet.storage import as_path, is_local, read_parquet
 
 DEFAULT_CATALOG = Path(__file__).resolve().parents[1] / "data_catalog" / "catalog.yml"
 DEFAULT_ROOT = Path(".worldnet")
@@ -39,27 +43,34 @@ class MissingArtifactError(FileNotFoundError):
 class Catalog:
     """Resolves artifact names to paths under ``root`` and loads/saves tabular ones."""
 
-    root: Path = DEFAULT_ROOT
+    root: UPath = field(default_factory=lambda: as_path(DEFAULT_ROOT))
     params: dict[str, str] = field(default_factory=dict)
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_yaml(
-        cls, root: str | os.PathLike[str] = DEFAULT_ROOT, path: str | os.PathLike[str] = DEFAULT_CATALOG, **params: str
+        cls, root: str | os.PathLike[str] | UPath = DEFAULT_ROOT, path: str | os.PathLike[str] = DEFAULT_CATALOG, **params: str
     ) -> Catalog:
         entries = copy.deepcopy(_read_catalog(str(Path(path).resolve())))
-        return cls(Path(root).resolve(), {k: str(v) for k, v in params.items()}, entries)
+        r = as_path(root)
+        r = as_path(Path(r.path).resolve()) if is_local(r) else r
+        return cls(r, {k: str(v) for k, v in params.items()}, entries)
+
+    @property
+    def local(self) -> bool:
+        """Whether the root is on this machine's filesystem."""
+        return is_local(self.root)
 
     def entry(self, name: str) -> dict[str, Any]:
         if name not in self.entries:
             raise KeyError(f"{name!r} is not in the data catalog; known: {', '.join(sorted(self.entries))}")
         return self.entries[name]
 
-    def path(self, name: str, **kw: str) -> Path:
+    def path(self, name: str, **kw: str) -> UPath:
         """The resolved path of ``name`` (``kw`` fills templates like ``{protocol}``)."""
-        values = {"root": str(self.root), **self.params, **kw}
+        values = {"root": str(self.root).rstrip("/"), **self.params, **kw}
         try:
-            return Path(self.entry(name)["path"].format(**values))
+            return as_path(self.entry(name)["path"].format(**values))
         except KeyError as exc:
             raise KeyError(f"catalog entry {name!r} needs parameter {exc} (pass it as a keyword)") from exc
 
@@ -67,7 +78,7 @@ class Catalog:
         p = self.path(name, **kw)
         return p.is_dir() and any(p.iterdir()) if p.suffix == "" else p.is_file()
 
-    def require(self, name: str, **kw: str) -> Path:
+    def require(self, name: str, **kw: str) -> UPath:
         """The path of ``name``, or an error naming the stage that produces it."""
         if not self.exists(name, **kw):
             stage = self.entry(name).get("produced_by", "?")
@@ -79,9 +90,9 @@ class Catalog:
 
     def load(self, name: str, **kw: str) -> pl.DataFrame:
         """Load a Parquet artifact."""
-        return pl.read_parquet(self.require(name, **kw))
+        return read_parquet(self.require(name, **kw))
 
-    def save(self, name: str, df: pl.DataFrame, **kw: str) -> Path:
+    def save(self, name: str, df: pl.DataFrame, **kw: str) -> UPath:
         """Save a Parquet artifact atomically."""
         p = self.path(name, **kw)
         write_with_atomic(p, lambda tmp: df.write_parquet(tmp))

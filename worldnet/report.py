@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from upath import UPath
 
 from worldnet.evaluate import PROTOCOL_TITLES, ProtocolResult
 from worldnet.geo.regions import CONTINENTS
 from worldnet.io import write_text_atomic, write_with_atomic
+from worldnet.storage import as_path
 
 
 def paper_table(metrics: pl.DataFrame) -> str:
@@ -36,11 +38,10 @@ def markdown_table(metrics: pl.DataFrame) -> str:
     return "\n".join([head, *rows])
 
 
-def write_report(results: list[ProtocolResult], out_dir: str | Path, *, n_map: int = 150, seed: int = 0) -> dict[str, Path]:
-    """Write report.md, metrics.csv and the plots; returns the paths by name."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
+def write_report(results: list[ProtocolResult], out_dir: str | Path | UPath, *, n_map: int = 150, seed: int = 0) -> dict[str, UPath]:
+    """Write report.md, metrics.csv and the plots (to a folder or fsspec URL); returns the paths by name."""
+    out = as_path(out_dir)
+    paths: dict[str, UPath] = {}
     md = ["# worldnet results", ""]
     figure = {"seen": "4a", "unseen": "4b"}
     for r in results:
@@ -66,15 +67,15 @@ def write_report(results: list[ProtocolResult], out_dir: str | Path, *, n_map: i
     return paths
 
 
-def _save(fig: object, path: Path) -> Path:
+def _save(fig: object, path: Path | UPath) -> UPath:
     import matplotlib.pyplot as plt
 
     write_with_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))  # type: ignore[attr-defined]
     plt.close(fig)  # type: ignore[arg-type]
-    return path
+    return as_path(path)
 
 
-def plot_map(result: ProtocolResult, path: Path, *, n: int = 150, seed: int = 0) -> Path:
+def plot_map(result: ProtocolResult, path: Path | UPath, *, n: int = 150, seed: int = 0) -> UPath:
     """World map per model: truth → prediction segments for a sample of test images."""
     import matplotlib
 
@@ -113,7 +114,7 @@ def plot_map(result: ProtocolResult, path: Path, *, n: int = 150, seed: int = 0)
     return _save(fig, path)
 
 
-def plot_cdf(result: ProtocolResult, path: Path) -> Path:
+def plot_cdf(result: ProtocolResult, path: Path | UPath) -> UPath:
     """Error CDF, one curve per model, log-distance axis with the standard thresholds."""
     import matplotlib
 
@@ -134,7 +135,7 @@ def plot_cdf(result: ProtocolResult, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_confusion(result: ProtocolResult, path: Path) -> Path:
+def plot_confusion(result: ProtocolResult, path: Path | UPath) -> UPath:
     """Continent confusion matrix of worldNET (rows: truth, columns: prediction)."""
     import matplotlib
 

@@ -160,14 +160,14 @@ def test_killed_shard_stage_resumes_to_identical_output(tmp_path):
         m, _ = ingest("gsv_cities", "{root}")
         t = m.join(make_splits(m, n_unseen=1), on="image_id")
         kill_after = int(sys.argv[2]) if len(sys.argv) > 2 else -1
-        real = sh._write_shard
+        real = sh.write_shard
         count = [0]
         def wrapped(args):
             if count[0] == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
             count[0] += 1
             return real(args)
-        sh._write_shard = wrapped
+        sh.write_shard = wrapped
         sh.write_shards(t, Path(sys.argv[1]), sh.ShardSpec(shard_size=8, width=40, height=30), workers=1, progress=False)
         """
     )

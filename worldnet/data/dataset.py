@@ -9,17 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import cast
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+from upath import UPath
 
 from worldnet.data.shards import iter_shard_rows
 
 
-def _my_shards(shards: list[Path]) -> list[tuple[int, Path]]:
+def _my_shards(shards: list[UPath]) -> list[tuple[int, UPath]]:
     info = get_worker_info()
     indexed = list(enumerate(shards))
     return indexed if info is None else indexed[info.id :: info.num_workers]
@@ -34,7 +34,7 @@ class ShardImageDataset(IterableDataset[tuple[str, np.ndarray]]):
         batch_size: Rows read from Parquet at a time.
     """
 
-    def __init__(self, shards: list[Path], decode: Callable[[bytes], np.ndarray], batch_size: int = 32):
+    def __init__(self, shards: list[UPath], decode: Callable[[bytes], np.ndarray], batch_size: int = 32):
         self.shards = list(shards)
         self.decode = decode
         self.batch_size = batch_size
@@ -63,7 +63,7 @@ class ShardBatchDataset(IterableDataset[ShardBatch]):
     and a single DataLoader serves all shards (no worker start-up per shard).
     """
 
-    def __init__(self, shards: list[Path], decode: Callable[[bytes], np.ndarray], batch_size: int = 16, decode_threads: int = 1):
+    def __init__(self, shards: list[UPath], decode: Callable[[bytes], np.ndarray], batch_size: int = 16, decode_threads: int = 1):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.shards = list(shards)

@@ -26,10 +26,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
+from upath import UPath
 
 from worldnet.data.schema import rejects_frame
-from worldnet.io import write_text_atomic, write_with_atomic
+from worldnet.io import atomic_path, write_text_atomic
 from worldnet.parallel import process_pool
+from worldnet.storage import as_path, open_input, read_parquet, shared_across_processes, sorted_glob
 
 SHARD_COLUMNS = ("image_id", "city", "lat", "lon", "continent", "seen", "unseen", "jpeg", "width", "height")
 #: Refuse images above this many pixels (decompression bombs).
@@ -75,11 +77,11 @@ def _input_hash(rows: list[dict[str, object]], spec: ShardSpec) -> str:
     return h.hexdigest()
 
 
-def _sidecar(path: Path) -> Path:
+def _sidecar(path: UPath) -> UPath:
     return path.with_suffix(".json")
 
 
-def _is_complete(path: Path, input_hash: str) -> bool:
+def _is_complete(path: UPath, input_hash: str) -> bool:
     side = _sidecar(path)
     if not (path.is_file() and side.is_file()):
         return False
@@ -90,13 +92,63 @@ def _is_complete(path: Path, input_hash: str) -> bool:
     return bool(meta.get("input_hash") == input_hash and meta.get("sha256") == hashlib.sha256(path.read_bytes()).hexdigest())
 
 
-def _write_shard(args: tuple[Path, list[dict[str, object]], ShardSpec, str]) -> dict[str, object]:
-    path, rows, spec, input_hash = args
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to write: everything a worker on any machine needs (it pickles small)."""
+
+    index: int
+    path: UPath
+    rows: list[dict[str, object]]
+    spec: ShardSpec
+    input_hash: str
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """The shards a table cuts into, and which of them still need writing."""
+
+    out_dir: UPath
+    jobs: list[ShardJob]
+    n_shards: int
+    skipped: int
+
+
+def plan_shards(table: pl.DataFrame, out_dir: str | Path | UPath, spec: ShardSpec = ShardSpec()) -> ShardPlan:
+    """Cut ``table`` into shard jobs, leaving out shards already complete for the same input.
+
+    Pure planning (reads sidecars, writes nothing), so one process can plan and
+    any number of workers write the jobs, in any order.
+    """
+    if spec.shard_size < 1:
+        raise ValueError("shard_size must be at least 1")
+    out = as_path(out_dir)
+    rows = table.sort("image_id").select("image_id", "city", "lat", "lon", "continent", "seen", "unseen", "path").to_dicts()
+    jobs = []
+    skipped = 0
+    n_shards = (len(rows) + spec.shard_size - 1) // spec.shard_size
+    for k in range(n_shards):
+        chunk = rows[k * spec.shard_size : (k + 1) * spec.shard_size]
+        path = out / shard_name(k)
+        h = _input_hash(chunk, spec)
+        if _is_complete(path, h):
+            skipped += 1
+            continue
+        jobs.append(ShardJob(k, path, chunk, spec, h))
+    return ShardPlan(out, jobs, n_shards, skipped)
+
+
+def write_shard(job: ShardJob) -> dict[str, object]:
+    """Decode, resize and re-encode one shard's images; write the shard and its sidecar atomically.
+
+    Images that fail to decode are rejects (listed in the sidecar with the
+    reason), never a crash. Returns the sidecar's content.
+    """
+    path, rows, spec, input_hash = job.path, job.rows, job.spec, job.input_hash
     out: dict[str, list[object]] = {c: [] for c in SHARD_COLUMNS}
     rejects: list[dict[str, object]] = []
     for r in rows:
         try:
-            with open(str(r["path"]), "rb") as fh:
+            with open_input(str(r["path"])) as fh:
                 img = decode_resize(fh.read(), spec.width, spec.height)
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=spec.quality)
@@ -130,11 +182,13 @@ def _write_shard(args: tuple[Path, list[dict[str, object]], ShardSpec, str]) -> 
             "height": pa.array(out["height"], pa.int32()),
         }
     )
-    write_with_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="none"))
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="none")
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     meta = {
         "shard": path.name,
         "rows": table.num_rows,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sha256": digest,
         "input_hash": input_hash,
         "rejects": rejects,
     }
@@ -154,20 +208,25 @@ class ShardResult:
 
 def write_shards(
     table: pl.DataFrame,
-    out_dir: str | Path,
+    out_dir: str | Path | UPath,
     spec: ShardSpec = ShardSpec(),
     *,
     workers: int | None = None,
     progress: bool = True,
     stop_after: int | None = None,
 ) -> ShardResult:
-    """Write ``table`` (manifest joined with splits) as resized image shards.
+    """Write ``table`` (manifest joined with splits) as resized image shards, in a local process pool.
+
+    The pipeline instead maps :func:`write_shard` over :func:`plan_shards` 's
+    jobs as Prefect tasks (on Dask if asked); this is the same work in one call,
+    for scripts, ``worldnet cv`` and benchmarks.
 
     Args:
         table: Rows with image_id, city, lat, lon, continent, seen, unseen, path.
-        out_dir: Folder for ``shard-XXXXX.parquet`` files and their sidecars.
+        out_dir: Folder (or fsspec URL) for ``shard-XXXXX.parquet`` files and their sidecars.
         spec: Shard size and image encoding.
-        workers: Processes (default: all cores; 1 = in this process).
+        workers: Processes (default: all cores; 1 = in this process, which
+            ``memory://`` roots always use: other processes cannot see them).
         progress: Show a progress bar.
         stop_after: Write at most this many new shards, then stop (to test
             resuming; a real crash behaves the same).
@@ -176,64 +235,58 @@ def write_shards(
         The shard index, the decode rejects, and how many shards were written
         or skipped as already complete.
     """
-    if spec.shard_size < 1:
-        raise ValueError("shard_size must be at least 1")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = table.sort("image_id").select("image_id", "city", "lat", "lon", "continent", "seen", "unseen", "path").to_dicts()
-    jobs = []
-    skipped = 0
-    for k, start in enumerate(range(0, len(rows), spec.shard_size)):
-        chunk = rows[start : start + spec.shard_size]
-        path = out / shard_name(k)
-        h = _input_hash(chunk, spec)
-        if _is_complete(path, h):
-            skipped += 1
-            continue
-        jobs.append((path, chunk, spec, h))
-    if stop_after is not None:
-        jobs = jobs[:stop_after]
+    plan = plan_shards(table, out_dir, spec)
+    jobs = plan.jobs if stop_after is None else plan.jobs[:stop_after]
+    if not shared_across_processes(plan.out_dir):
+        workers = 1
     bar = tqdm(total=len(jobs), desc="image shards", unit="shard", disable=not progress)
     if workers == 1 or len(jobs) <= 1:
         for job in jobs:
-            _write_shard(job)
+            write_shard(job)
             bar.update()
     else:
         with process_pool(workers) as pool:
-            for fut in as_completed([pool.submit(_write_shard, j) for j in jobs]):
+            for fut in as_completed([pool.submit(write_shard, j) for j in jobs]):
                 fut.result()
                 bar.update()
     bar.close()
-    n_expected = (len(rows) + spec.shard_size - 1) // spec.shard_size
-    metas = [json.loads(_sidecar(out / shard_name(k)).read_text()) for k in range(n_expected) if _sidecar(out / shard_name(k)).is_file()]
+    return collect_shards(plan, written=len(jobs))
+
+
+def collect_shards(plan: ShardPlan, written: int) -> ShardResult:
+    """The index and rejects of a planned set of shards once written; drops stale shards beyond it."""
+    out = plan.out_dir
+    metas = [json.loads(side.read_text()) for k in range(plan.n_shards) if (side := _sidecar(out / shard_name(k))).is_file()]
     # shards beyond the current table (from an older, larger run) are stale: drop them
-    for stale in sorted(out.glob("shard-*.parquet"))[n_expected:]:
+    for stale in sorted_glob(out, "shard-*.parquet")[plan.n_shards :]:
         stale.unlink()
-        _sidecar(stale).unlink(missing_ok=True)
+        if _sidecar(stale).exists():
+            _sidecar(stale).unlink()
     index = pl.DataFrame(
         {"shard": [m["shard"] for m in metas], "rows": [m["rows"] for m in metas], "sha256": [m["sha256"] for m in metas]},
         schema={"shard": pl.String, "rows": pl.Int64, "sha256": pl.String},
     )
     rejects = rejects_frame([r for m in metas for r in m["rejects"]])
-    return ShardResult(index=index, rejects=rejects, written=len(jobs), skipped=skipped)
+    return ShardResult(index=index, rejects=rejects, written=written, skipped=plan.skipped)
 
 
-def shard_paths(out_dir: str | Path) -> list[Path]:
+def shard_paths(out_dir: str | Path | UPath) -> list[UPath]:
     """Complete shards in a folder, in order."""
-    return sorted(p for p in Path(out_dir).glob("shard-*.parquet") if _sidecar(p).is_file())
+    return [p for p in sorted_glob(out_dir, "shard-*.parquet") if _sidecar(p).is_file()]
 
 
-def iter_shard_rows(path: Path, columns: list[str] | None = None, batch_size: int = 64) -> Iterator[dict[str, list[object]]]:
+def iter_shard_rows(path: str | Path | UPath, columns: list[str] | None = None, batch_size: int = 64) -> Iterator[dict[str, list[object]]]:
     """Stream a shard in record batches without loading it all."""
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
-        yield batch.to_pydict()
+    with open_input(path) as fh:
+        pf = pq.ParquetFile(fh)
+        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+            yield batch.to_pydict()
 
 
-def read_shard_meta(out_dir: str | Path) -> pl.DataFrame:
+def read_shard_meta(out_dir: str | Path | UPath) -> pl.DataFrame:
     """Every column but the JPEG bytes, across all shards (for labels and splits)."""
     paths = shard_paths(out_dir)
     if not paths:
         raise FileNotFoundError(f"no image shards in {out_dir}: run the 'shard' stage first")
     cols = [c for c in SHARD_COLUMNS if c != "jpeg"]
-    return pl.concat([pl.read_parquet(p, columns=cols) for p in paths])
+    return pl.concat([read_parquet(p, columns=cols) for p in paths])

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+from upath import UPath
 
 from worldnet.data.dataset import ShardBatch, ShardBatchDataset
 from worldnet.data.shards import shard_paths
@@ -36,6 +37,7 @@ from worldnet.features.preprocess import load_rgb, normalise_batch, to_array
 from worldnet.features.runtime import tune_cpu_allocator
 from worldnet.io import write_with_atomic
 from worldnet.parallel import default_workers
+from worldnet.storage import as_path, load_npy, npy_rows, read_parquet, sorted_glob
 
 LABEL_COLUMNS = ["image_id", "city", "lat", "lon", "continent", "seen", "unseen"]
 
@@ -49,7 +51,7 @@ def decode_for(spec: BackboneSpec, data: bytes) -> np.ndarray:
 class ExtractResult:
     """What the extraction produced."""
 
-    out_dir: Path
+    out_dir: UPath
     images: int
     written: int
     skipped: int
@@ -69,18 +71,43 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _feature_pair(out_dir: Path, shard: Path) -> tuple[Path, Path]:
+def _feature_pair(out_dir: UPath, shard: UPath) -> tuple[UPath, UPath]:
     stem = shard.stem.replace("shard-", "feat-")
     return out_dir / f"{stem}.npy", out_dir / f"{stem}.parquet"
 
 
-def _is_done(npy: Path, index: Path, n_rows: int) -> bool:
+def _is_done(npy: UPath, index: UPath, n_rows: int) -> bool:
     if not (npy.is_file() and index.is_file()):
         return False
     try:
-        return pl.read_parquet(index, columns=["image_id"]).height == n_rows and np.load(npy, mmap_mode="r").shape[0] == n_rows
+        return read_parquet(index, columns=["image_id"]).height == n_rows and npy_rows(npy) == n_rows
     except Exception:  # noqa: BLE001 - an unreadable leftover is simply redone
         return False
+
+
+def _select_shards(shards_dir: str | Path | UPath, only: list[str] | None) -> list[UPath]:
+    """The complete image shards to embed: all of them, or the named ones (checked, not listed)."""
+    if only is None:
+        shards = shard_paths(shards_dir)
+        if not shards:
+            raise FileNotFoundError(f"no image shards under {shards_dir}: run the 'shard' stage first")
+        return shards
+    chosen = [as_path(shards_dir) / n for n in sorted(set(only))]
+    absent = [p.name for p in chosen if not (p.is_file() and p.with_suffix(".json").is_file())]
+    if absent:
+        raise FileNotFoundError(f"image shards {', '.join(absent)} are not (complete) under {shards_dir}: rerun the 'shard' stage")
+    return chosen
+
+
+def pending_shards(shards_dir: str | Path | UPath, out_dir: str | Path | UPath) -> list[str]:
+    """Names of the image shards whose feature shards are missing or incomplete (what a rerun would embed)."""
+    out = as_path(out_dir)
+    pending = []
+    for s in shard_paths(shards_dir):
+        npy, idx = _feature_pair(out, s)
+        if not (npy.is_file() and idx.is_file()) or not _is_done(npy, idx, read_parquet(s, columns=["image_id"]).height):
+            pending.append(s.name)
+    return pending
 
 
 def default_loader_workers(device: torch.device) -> int:
@@ -98,9 +125,11 @@ def default_loader_workers(device: torch.device) -> int:
 
 def extract_features(
     backbone: Backbone,
-    shards_dir: str | Path,
-    out_dir: str | Path,
+    shards_dir: str | Path | UPath,
+    out_dir: str | Path | UPath,
     *,
+    only: list[str] | None = None,
+    threads: int | None = None,
     batch_size: int = 16,
     flat: bool = False,
     loader_workers: int | None = None,
@@ -117,7 +146,11 @@ def extract_features(
     Args:
         backbone: A registered backbone (see ``build_backbone``).
         shards_dir: Folder of image shards from the shard stage.
-        out_dir: Folder for ``feat-k.npy`` + ``feat-k.parquet`` pairs.
+        out_dir: Folder (or fsspec URL) for ``feat-k.npy`` + ``feat-k.parquet`` pairs.
+        only: Embed just these image shards (file names); the pipeline maps
+            one task per shard this way, on Dask workers if asked.
+        threads: CPU threads for the model and for decoding (default: every
+            core; a Dask worker passes its own share).
         batch_size: Images per forward pass. 16 is fastest on CPU here: bigger
             batches stop fitting in cache without adding parallelism.
         flat: Flattened conv features instead of pooled ones (the paper's kNN mode).
@@ -132,22 +165,20 @@ def extract_features(
         Counts and timing of what was embedded or skipped as already done.
     """
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = as_path(out_dir)
     dev = resolve_device(device)
+    n_threads = threads or default_workers()
     if dev.type == "cpu":
         tune_cpu_allocator()
-        torch.set_num_threads(default_workers())
+        torch.set_num_threads(n_threads)
     workers = default_loader_workers(dev) if loader_workers is None else loader_workers
     channels_last = True
     model = backbone.to(dev).eval().to(memory_format=torch.channels_last)
     use_amp = dev.type == "cuda"
-    shards = shard_paths(shards_dir)
-    if not shards:
-        raise FileNotFoundError(f"no image shards under {shards_dir}: run the 'shard' stage first")
-    todo: list[tuple[Path, pl.DataFrame]] = []
+    shards = _select_shards(shards_dir, only)
+    todo: list[tuple[UPath, pl.DataFrame]] = []
     for s in shards:
-        labels = pl.read_parquet(s, columns=LABEL_COLUMNS)
+        labels = read_parquet(s, columns=LABEL_COLUMNS)
         npy, idx = _feature_pair(out, s)
         if not _is_done(npy, idx, labels.height):
             todo.append((s, labels))
@@ -156,7 +187,7 @@ def extract_features(
         todo = todo[:stop_after]
     bar = tqdm(total=sum(lab.height for _, lab in todo), desc=f"features {backbone.spec.name}", unit="img", disable=not progress)
     decode = partial(decode_for, backbone.spec)
-    ds = ShardBatchDataset([s for s, _ in todo], decode, batch_size, decode_threads=1 if workers else default_workers())
+    ds = ShardBatchDataset([s for s, _ in todo], decode, batch_size, decode_threads=1 if workers else n_threads)
     batches: Iterable[ShardBatch] = ds
     if workers > 0:
         batches = DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=4, pin_memory=dev.type == "cuda")
@@ -186,7 +217,7 @@ def extract_features(
     return ExtractResult(out, images, written, skipped, time.perf_counter() - t0)
 
 
-def _write_feature_shard(out: Path, shard: Path, labels: pl.DataFrame, ids: list[str], chunks: list[np.ndarray]) -> None:
+def _write_feature_shard(out: UPath, shard: UPath, labels: pl.DataFrame, ids: list[str], chunks: list[np.ndarray]) -> None:
     if ids != labels["image_id"].to_list():
         raise RuntimeError(f"feature rows of {shard.name} are out of step with its image ids; rerun the stage")
     feats = np.concatenate(chunks)
@@ -200,13 +231,13 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         np.save(fh, arr)
 
 
-def load_features(out_dir: str | Path) -> tuple[np.ndarray, pl.DataFrame]:
+def load_features(out_dir: str | Path | UPath) -> tuple[np.ndarray, pl.DataFrame]:
     """All feature rows (float32) and their labels, aligned."""
-    idx_files = sorted(Path(out_dir).glob("feat-*.parquet"))
+    idx_files = sorted_glob(out_dir, "feat-*.parquet")
     if not idx_files:
         raise FileNotFoundError(f"no feature shards under {out_dir}: run the 'extract_features' stage first")
-    X = np.concatenate([np.load(p.with_suffix(".npy")).astype(np.float32) for p in idx_files])
-    labels = pl.concat([pl.read_parquet(p) for p in idx_files])
+    X = np.concatenate([load_npy(p.with_suffix(".npy")).astype(np.float32) for p in idx_files])
+    labels = pl.concat([read_parquet(p) for p in idx_files])
     if X.shape[0] != labels.height:
         raise RuntimeError(f"feature shards under {out_dir} are inconsistent ({X.shape[0]} rows vs {labels.height} labels)")
     return X, labels
@@ -222,4 +253,12 @@ def embed_images(backbone: Backbone, images: list[Image.Image], batch_size: int 
     return np.concatenate(out) if out else np.zeros((0, backbone.spec.dim), np.float32)
 
 
-__all__ = ["ExtractResult", "default_loader_workers", "embed_images", "extract_features", "load_features", "resolve_device"]
+__all__ = [
+    "ExtractResult",
+    "default_loader_workers",
+    "embed_images",
+    "extract_features",
+    "load_features",
+    "pending_shards",
+    "resolve_device",
+]

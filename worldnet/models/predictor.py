@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from upath import UPath
 
 from worldnet.data.shards import MAX_PIXELS
 from worldnet.features.backbones import Backbone, build_backbone
@@ -22,6 +24,7 @@ from worldnet.geo.land import snap_to_land
 from worldnet.geo.regions import continent_of, country_of
 from worldnet.io import write_with_atomic
 from worldnet.models.worldnet_model import CentroidClassifier, ClassifierFit, InterpolationHead, Standardiser, WorldNet
+from worldnet.storage import as_path
 
 
 class ImageInputError(ValueError):
@@ -35,7 +38,7 @@ def _linear(seq: torch.nn.Sequential, i: int) -> torch.nn.Linear:
     return layer
 
 
-def save_worldnet(wn: WorldNet, path: str | Path, *, backbone: str, snap: bool = True) -> Path:
+def save_worldnet(wn: WorldNet, path: str | Path | UPath, *, backbone: str, snap: bool = True) -> UPath:
     """Write a trained worldNET and its settings to one file, atomically."""
     blob = {
         "backbone": backbone,
@@ -43,7 +46,7 @@ def save_worldnet(wn: WorldNet, path: str | Path, *, backbone: str, snap: bool =
         "mode": wn.mode,
         "mean": torch.from_numpy(wn.standardiser.mean),
         "std": torch.from_numpy(wn.standardiser.std),
-        "centroids": torch.from_numpy(np.asarray(wn.centroids_latlon, dtype=np.float64)),
+        "centroids": torch.from_numpy(np.array(wn.centroids_latlon, dtype=np.float64)),
         "names": list(wn.centroid_names),
         "dims": [
             _linear(wn.classifier.net, 1).in_features,
@@ -55,10 +58,10 @@ def save_worldnet(wn: WorldNet, path: str | Path, *, backbone: str, snap: bool =
         "metrics": {k: float(v) for k, v in wn.metrics.items()},
     }
     _torch_save_atomic(blob, path)
-    return Path(path)
+    return as_path(path)
 
 
-def save_classifier(fit: ClassifierFit, path: str | Path) -> Path:
+def save_classifier(fit: ClassifierFit, path: str | Path | UPath) -> UPath:
     """Write the classifier stage's output (standardiser + classifier + metrics), atomically."""
     blob = {
         "mean": torch.from_numpy(fit.standardiser.mean),
@@ -72,12 +75,18 @@ def save_classifier(fit: ClassifierFit, path: str | Path) -> Path:
         "metrics": {k: float(v) for k, v in fit.metrics.items()},
     }
     _torch_save_atomic(blob, path)
-    return Path(path)
+    return as_path(path)
 
 
-def load_classifier(path: str | Path) -> ClassifierFit:
+def _torch_load(path: str | Path | UPath) -> dict[str, Any]:
+    with as_path(path).open("rb") as fh:
+        blob: dict[str, Any] = torch.load(fh, map_location="cpu", weights_only=True)
+    return blob
+
+
+def load_classifier(path: str | Path | UPath) -> ClassifierFit:
     """Load what :func:`save_classifier` wrote."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = _torch_load(path)
     dim, hidden, k = blob["dims"]
     clf = CentroidClassifier(dim, k, hidden)
     clf.load_state_dict(blob["classifier"])
@@ -85,7 +94,7 @@ def load_classifier(path: str | Path) -> ClassifierFit:
     return ClassifierFit(Standardiser(blob["mean"].numpy(), blob["std"].numpy()), clf, dict(blob["metrics"]))
 
 
-def _torch_save_atomic(blob: dict[str, object], path: str | Path) -> None:
+def _torch_save_atomic(blob: dict[str, object], path: str | Path | UPath) -> None:
     def _w(tmp: Path) -> None:
         buf = io.BytesIO()
         torch.save(blob, buf)
@@ -94,9 +103,9 @@ def _torch_save_atomic(blob: dict[str, object], path: str | Path) -> None:
     write_with_atomic(path, _w)
 
 
-def load_worldnet(path: str | Path) -> tuple[WorldNet, str, bool]:
+def load_worldnet(path: str | Path | UPath) -> tuple[WorldNet, str, bool]:
     """Load what :func:`save_worldnet` wrote: (model, backbone name, snap setting)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = _torch_load(path)
     dim, hidden, head_hidden = blob["dims"]
     c = blob["centroids"].numpy()
     clf = CentroidClassifier(dim, len(c), hidden)
@@ -160,7 +169,7 @@ class Predictor:
         self.snap = snap
 
     @classmethod
-    def load(cls, path: str | Path, weights: str | None = None) -> Predictor:
+    def load(cls, path: str | Path | UPath, weights: str | None = None) -> Predictor:
         wn, backbone, snap = load_worldnet(path)
         return cls(wn, build_backbone(backbone, weights), snap)
 

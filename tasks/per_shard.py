@@ -1,0 +1,125 @@
+"""Per-shard Prefect tasks: the units the shard, extract and batch-predict stages map over.
+
+A stage task plans the shards, then ``.map`` s one of these over them through
+the flow's task runner: threads in this process by default, or the workers of
+a Dask cluster (``worldnet run --task-runner dask``). Each task is idempotent
+(its output is committed atomically and recognised as done on a rerun), so
+Prefect's retries and Dask's rescheduling of a lost worker are both safe.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import unmapped
+from tqdm import tqdm
+
+from tasks.retry import retry_unless_user_error
+from worldnet.data.shards import ShardJob, write_shard
+from worldnet.features.backbones import Backbone, BackboneSpec, build_backbone
+from worldnet.features.extract import extract_features
+from worldnet.storage import shared_across_processes
+
+T = TypeVar("T")
+
+#: One model at a time per process: with the thread runner the mapped extract
+#: tasks queue here and each gets every core, instead of N models fighting.
+MODEL_LOCK = threading.Lock()
+
+PER_SHARD: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
+
+
+def runs_in_this_process() -> bool:
+    """Whether the current flow's task runner runs tasks in this process (threads)."""
+    ctx = FlowRunContext.get()
+    return ctx is None or isinstance(ctx.task_runner, ThreadPoolTaskRunner)
+
+
+def require_shared_store(root: str, stage: str) -> None:
+    """Refuse a process-private store (``memory://``) when tasks run in other processes."""
+    if not shared_across_processes(root) and not runs_in_this_process():
+        raise ValueError(
+            f"the {stage!r} stage maps tasks onto other processes, which cannot see {root} "
+            "(memory:// lives in one process): use --task-runner threads, or a shared store such as file:// or s3://"
+        )
+
+
+def worker_threads() -> int | None:
+    """Threads this task may use: its Dask worker's share, or None (every core) outside Dask."""
+    try:
+        from distributed import get_worker
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return int(get_worker().state.nthreads)
+    except ValueError:  # not on a Dask worker
+        return None
+
+
+@lru_cache(maxsize=4)
+def cached_backbone(name: str, weights: str | None) -> Backbone:
+    """Build each backbone once per process (a Dask worker embeds many shards)."""
+    return build_backbone(name, weights)
+
+
+def backbone_spec(name: str, weights: str | None) -> BackboneSpec:
+    """The spec of a backbone, built (once per process) under the model lock."""
+    with MODEL_LOCK:
+        return cached_backbone(name, weights).spec
+
+
+# Task functions must pickle by reference (Dask ships them to workers; by
+# value would drag module globals such as MODEL_LOCK along), so they have their
+# own module-level names (``_shard_one``), apart from the Task objects: a
+# reference to ``shard_one_task`` would find the Task, not the function.
+
+
+def _shard_one(job: ShardJob) -> dict[str, object]:
+    """Write one image shard (resize + re-encode); corrupt images become listed rejects."""
+    return write_shard(job)
+
+
+shard_one_task = task(name="shard-one", task_run_name="shard-{job.index:05d}", **PER_SHARD)(_shard_one)
+
+
+def _extract_one(
+    shard: str, shards_dir: str, out_dir: str, backbone: str, weights: str | None, flat: bool, device: str
+) -> dict[str, float]:
+    """Embed one image shard into its feature shard (``pid`` says which process did it)."""
+    with MODEL_LOCK:  # building under the lock too: two threads seeding one global RNG would interleave draws
+        model = cached_backbone(backbone, weights)
+        res = extract_features(model, shards_dir, out_dir, only=[shard], threads=worker_threads(), flat=flat, device=device, progress=False)
+    return {"images": res.images, "seconds": res.seconds, "pid": os.getpid()}
+
+
+extract_one_task = task(name="extract-one", task_run_name="extract-{shard}", **PER_SHARD)(_extract_one)
+
+
+def map_with_progress(
+    fn: Any, items: Sequence[T], *, desc: str, unit: str, size: Callable[[T], int] = lambda _: 1, progress: bool = True, **common: Any
+) -> list[Any]:
+    """``fn.map(items, **common)`` through the flow's task runner, with a progress bar; results in item order.
+
+    Raises the first failure (after the task's own retries) so the stage fails
+    loudly; what other tasks committed stays committed and a rerun skips it.
+    """
+    if not items:
+        return []
+    futures = fn.map(list(items), **{k: unmapped(v) for k, v in common.items()})
+    order = {f.task_run_id: i for i, f in enumerate(futures)}
+    results: list[Any] = [None] * len(items)
+    with tqdm(total=sum(size(x) for x in items), desc=desc, unit=unit, disable=not progress) as bar:
+        for fut in as_completed(futures):
+            i = order[fut.task_run_id]
+            results[i] = fut.result()
+            bar.update(size(items[i]))
+    return results

@@ -1,0 +1,111 @@
+"""Scale-out: the per-shard stages on a Dask LocalCluster, and a catalog root on a non-local fsspec store."""
+
+from __future__ import annotations
+
+import hashlib
+
+import fsspec
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.pipeline import run_pipeline
+from flows.runners import make_task_runner
+from tasks.stages import PipelineConfig
+from worldnet.data.synthetic import SynthConfig, generate
+from worldnet.storage import as_path, relative_to
+
+DATA_STAGES = ["ingest", "debias", "split", "shard", "extract_features"]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    data = tmp_path_factory.mktemp("world") / "data"
+    generate(SynthConfig(out=data, cities=["Madrid", "Bangkok", "Boston", "Lima"], per_city=14, size=(64, 48)), progress=False)
+    return data
+
+
+def _cfg(data, root) -> PipelineConfig:
+    return PipelineConfig(
+        data_root=str(data),
+        root=str(root),
+        backbone="tiny_random",
+        n_unseen=1,
+        shard_size=8,
+        image_width=64,
+        image_height=48,
+        progress=False,
+    )
+
+
+def _digests(root) -> dict[str, str]:
+    """sha256 of every image and feature shard file under a catalog root, by relative path."""
+    base = as_path(root)
+    out = {}
+    for sub in ("02_intermediate/shards", "03_features/tiny_random"):
+        for f in (base / sub).rglob("*"):
+            if f.is_file():
+                out[relative_to(f, base)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def test_runner_options_are_checked():
+    with pytest.raises(ValueError, match="unknown task runner"):
+        make_task_runner("ray")
+    with pytest.raises(ValueError, match="need --task-runner dask"):
+        make_task_runner("threads", dask_workers=2)
+    with pytest.raises(ValueError, match="not both"):
+        make_task_runner("dask", dask_address="tcp://127.0.0.1:8786", dask_workers=2)
+
+
+def test_dask_local_cluster_output_identical_to_default_runner(harness, world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    threads = run_pipeline(_cfg(world, tmp_path / "threads"), stages=DATA_STAGES)
+    dask = run_pipeline(_cfg(world, tmp_path / "dask"), stages=DATA_STAGES, task_runner=make_task_runner("dask", dask_workers=2))
+    assert threads["shard"]["shards"] >= 4
+    assert dask["extract_features"]["worker_processes"] == 2, dask["extract_features"]
+    assert threads["extract_features"]["worker_processes"] == 1
+    a, b = _digests(tmp_path / "threads"), _digests(tmp_path / "dask")
+    assert any(k.endswith(".npy") for k in a) and any(k.startswith("02_intermediate/shards/shard-") for k in a)
+    assert a == b
+
+
+def test_memory_root_runs_the_whole_pipeline(harness, world, tmp_path, monkeypatch):
+    """Every artifact goes through fsspec: a memory:// root gets them all, the local disk none (but MLflow's store)."""
+    monkeypatch.chdir(tmp_path)  # the MLflow store of a URL root goes to ./.worldnet
+    root = "memory://worldnet-test/root"
+    try:
+        out = run_pipeline(_cfg(world, root))
+        cat = _cfg(world, root).catalog()
+        assert not cat.local
+        for name in ("manifest_raw", "rejects", "manifest_debiased", "splits", "image_shards", "shard_rejects", "feature_shards", "report"):
+            assert cat.exists(name), name
+        for proto in ("seen", "unseen"):
+            assert cat.exists("worldnet_model", protocol=proto, mode="crossfit")
+            assert "worldNET" in cat.load("metrics", protocol=proto)["model"].to_list()
+        assert out["extract_features"]["images"] == cat.load("splits").height
+        assert out["register"]["version"] == "1"
+        local = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}
+        assert local == {".worldnet"}, local
+        assert (tmp_path / ".worldnet" / "mlflow.db").is_file()  # not the previous run's store
+        # a store other processes cannot see is refused, with what to do instead, before any work
+        with pytest.raises(ValueError, match="memory:// lives in one process"):
+            run_pipeline(_cfg(world, root), only="shard", task_runner=make_task_runner("dask", dask_workers=1))
+    finally:
+        fsspec.filesystem("memory").rm("/worldnet-test", recursive=True)
+
+
+def test_flows_and_tasks_pickle_for_dask_workers():
+    """Dask ships the flow (in the run context) and each task to workers: none may drag a lock along."""
+    import cloudpickle
+
+    from flows.pipeline import pipeline
+    from tasks.per_shard import extract_one_task, shard_one_task
+
+    for obj in (pipeline, shard_one_task, extract_one_task):
+        assert cloudpickle.loads(cloudpickle.dumps(obj)).name == obj.name
