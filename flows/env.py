@@ -19,10 +19,17 @@ DEFAULTS = {
     # Dask's scheduler and workers log every start/stop at INFO
     "DASK_LOGGING__DISTRIBUTED": "warning",
     "DASK_DISTRIBUTED__WORKER__DAEMON": "false",
+    # one malloc arena, so models run from task threads reuse their buffers (see worldnet.features.runtime);
+    # child processes (Dask LocalCluster workers) read it at start-up
+    "MALLOC_ARENA_MAX": "1",
 }
 
 
 def apply_local_defaults() -> None:
-    """Set each of :data:`DEFAULTS` unless already set in the environment."""
+    """Set each of :data:`DEFAULTS` unless already set in the environment, and one malloc arena for this process."""
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if os.environ.get("MALLOC_ARENA_MAX") == "1":
+        from worldnet.features.runtime import single_malloc_arena
+
+        single_malloc_arena()
