@@ -278,6 +278,38 @@ def predict(
     raise typer.Exit(status)
 
 
+@app.command("predict-batch")
+def predict_batch_cmd(
+    photos: Annotated[Path, typer.Argument(help="Folder of photos (searched recursively: .jpg, .jpeg, .png).")],
+    model: Annotated[str, typer.Option(help="A registry URI or a worldnet .pt file (path or fsspec URL).")] = "models:/worldnet@champion",
+    root: Annotated[str, typer.Option(help="Catalog root (folder or fsspec URL the workers share); holds the MLflow store.")] = ".worldnet",
+    name: Annotated[str | None, typer.Option(help="Batch name: outputs go to {root}/06_predict/{name} (default: folder name).")] = None,
+    shard_size: Annotated[int, typer.Option(help="Photos per shard, i.e. per task.")] = 256,
+    task_runner: Annotated[str, typer.Option(help="threads (this process) or dask.")] = "threads",
+    dask_address: Annotated[str | None, typer.Option(help="With --task-runner dask: an existing scheduler.")] = None,
+    dask_workers: Annotated[int | None, typer.Option(help="With --task-runner dask and no address: LocalCluster workers.")] = None,
+) -> None:
+    """Geolocate a whole folder of photos, one task per shard (on Dask if asked); writes a Parquet table.
+
+    Photos that fail to decode are listed with the reason, and the rest are predicted.
+    """
+    from flows.predict import predict_batch
+    from flows.runners import make_task_runner
+
+    try:
+        runner = make_task_runner(task_runner, dask_address=dask_address, dask_workers=dask_workers)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        out = predict_batch.with_options(task_runner=runner)(str(photos), name or photos.resolve().name, model, root, shard_size)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"predicted {out['predicted']} of {out['photos']} photos -> {out['predictions']}")
+    if out["rejects"]:
+        typer.echo(f"{out['rejects']} photos could not be decoded; see {out['rejects_file']}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

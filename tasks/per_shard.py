@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
 
+import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
@@ -27,7 +28,10 @@ from tasks.retry import retry_unless_user_error
 from worldnet.data.shards import ShardJob, write_shard
 from worldnet.features.backbones import Backbone, BackboneSpec, build_backbone
 from worldnet.features.extract import extract_features
-from worldnet.storage import shared_across_processes
+from worldnet.models.batch import predict_shard
+from worldnet.models.predictor import Predictor
+from worldnet.parallel import default_workers
+from worldnet.storage import as_path, shared_across_processes
 
 T = TypeVar("T")
 
@@ -102,6 +106,24 @@ def _extract_one(
 
 
 extract_one_task = task(name="extract-one", task_run_name="extract-{shard}", **PER_SHARD)(_extract_one)
+
+
+@lru_cache(maxsize=2)
+def cached_predictor(model_url: str) -> Predictor:
+    """Load each model once per process (a Dask worker predicts many shards)."""
+    return Predictor.load(as_path(model_url))
+
+
+def _predict_one(shard: str, shards_dir: str, parts_dir: str, model_url: str) -> dict[str, int]:
+    """Predict one image shard into its part file (``pid`` says which process did it)."""
+    with MODEL_LOCK:
+        predictor = cached_predictor(model_url)
+        torch.set_num_threads(worker_threads() or default_workers())
+        rows = predict_shard(predictor, as_path(shards_dir) / shard, parts_dir)
+    return {"rows": rows, "pid": os.getpid()}
+
+
+predict_one_task = task(name="predict-one", task_run_name="predict-{shard}", **PER_SHARD)(_predict_one)
 
 
 def map_with_progress(

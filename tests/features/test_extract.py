@@ -91,3 +91,28 @@ def test_normalise_batch_matches_the_textbook_formula():
     got = normalise_batch(u8, spec)
     assert got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got, want)
+
+
+def test_only_named_shards_are_embedded_and_unknown_ones_are_named(shards, tmp_path):
+    shards, _ = shards
+    bb = build_backbone("tiny_random")
+    res = extract_features(bb, shards, tmp_path / "f", only=["shard-00001.parquet"], threads=1, progress=False)
+    assert res.written == 1 and sorted(p.name for p in (tmp_path / "f").glob("*.npy")) == ["feat-00001.npy"]
+    with pytest.raises(FileNotFoundError, match="shard-09999.parquet"):
+        extract_features(bb, shards, tmp_path / "f", only=["shard-09999.parquet"], progress=False)
+
+
+#: CUDA (float16 autocast) vs CPU (float32), both stored as float16: the tolerance the README states.
+CUDA_MEAN_ABS_TOL = 1e-2
+CUDA_MIN_COSINE = 0.999
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU paths are tested above)")
+def test_cuda_features_match_cpu_within_the_stated_tolerance(shards, tmp_path):
+    shards, _ = shards
+    bb = build_backbone("efficientnet_lite0")
+    extract_features(bb, shards, tmp_path / "cpu", device="cpu", progress=False)
+    extract_features(bb, shards, tmp_path / "cuda", device="cuda", progress=False)
+    a, b = load_features(tmp_path / "cpu")[0], load_features(tmp_path / "cuda")[0]
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert np.abs(a - b).mean() < CUDA_MEAN_ABS_TOL and cos.min() > CUDA_MIN_COSINE

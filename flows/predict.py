@@ -1,0 +1,101 @@
+"""Batch prediction as a Prefect flow: shard the photos, map one prediction task per shard, collect.
+
+    worldnet predict-batch PHOTOS/ [--model models:/worldnet@champion] [--task-runner dask ...]
+
+Outputs go to the catalog's ``batch_*`` entries under ``{root}/06_predict/{batch}``:
+the predictions table, one part per shard, the photos that failed to decode
+(with why), and the model file used, copied beside them so every worker
+reads the same bytes from the shared store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from tasks.per_shard import map_with_progress, predict_one_task, require_shared_store, shard_one_task
+from tasks.tracking import configure_mlflow
+from worldnet.catalog import Catalog
+from worldnet.data.shards import ShardSpec, collect_shards, plan_shards
+from worldnet.io import write_bytes_atomic
+from worldnet.models.batch import collect_predictions, photo_table
+from worldnet.storage import as_path, is_local
+
+
+def resolve_model(model: str, tracking_root: Path) -> bytes:
+    """The bytes of a worldNET model: a registry URI (``models:/worldnet@champion``) or a file/URL.
+
+    Raises:
+        FileNotFoundError: The registry has no such model, or the file is missing.
+    """
+    if not model.startswith("models:/"):
+        p = as_path(model)
+        if not p.is_file():
+            raise FileNotFoundError(f"model file {model} not found: pass a worldnet .pt file or models:/worldnet@champion")
+        return p.read_bytes()
+    import mlflow
+
+    configure_mlflow(tracking_root)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for "not there"
+        raise FileNotFoundError(f"cannot load {model} from {mlflow.get_tracking_uri()} ({exc}); run `worldnet demo` first") from exc
+    found = sorted(local.rglob("*.pt"))
+    if not found:
+        raise FileNotFoundError(f"{model} has no worldnet .pt artifact")
+    return found[0].read_bytes()
+
+
+@flow(name="worldnet-predict-batch", flow_run_name="predict-{batch}")
+def predict_batch(
+    photos: str,
+    batch: str,
+    model: str = "models:/worldnet@champion",
+    root: str = ".worldnet",
+    shard_size: int = 256,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Geolocate every photo under ``photos``; one task per shard on the flow's task runner.
+
+    Args:
+        photos: Local folder of photos (searched recursively).
+        batch: Name of this batch: its outputs go under ``{root}/06_predict/{batch}``.
+        model: Registry URI or a worldnet ``.pt`` file (local or fsspec URL).
+        root: Catalog root (folder or fsspec URL shared with the workers).
+        shard_size: Photos per shard, i.e. per task.
+        progress: Show progress bars.
+
+    Returns:
+        Counts, where the predictions and rejects are, and how many processes worked.
+    """
+    cat = Catalog.from_yaml(root, batch=batch)
+    require_shared_store(root, "predict-batch")
+    tracking = Path(as_path(root).path) if is_local(root) else Path(".worldnet")
+    write_bytes_atomic(cat.path("batch_model"), resolve_model(model, tracking))
+    table_in = photo_table(photos)
+    plan = plan_shards(table_in, cat.path("batch_shards"), ShardSpec(shard_size=shard_size))
+    map_with_progress(shard_one_task, plan.jobs, desc="photo shards", unit="shard", progress=progress)
+    shards = collect_shards(plan, written=len(plan.jobs))
+    cat.save("batch_rejects", shards.rejects)
+    done = map_with_progress(
+        predict_one_task,
+        shards.index["shard"].to_list(),
+        desc="predict",
+        unit="shard",
+        progress=progress,
+        shards_dir=str(cat.path("batch_shards")),
+        parts_dir=str(cat.path("batch_prediction_parts")),
+        model_url=str(cat.path("batch_model")),
+    )
+    table = collect_predictions(cat.path("batch_prediction_parts"))
+    cat.save("batch_predictions", table)
+    return {
+        "photos": table_in.height,
+        "predicted": table.height,
+        "rejects": shards.rejects.height,
+        "predictions": str(cat.path("batch_predictions")),
+        "rejects_file": str(cat.path("batch_rejects")),
+        "worker_processes": len({d["pid"] for d in done}),
+    }
