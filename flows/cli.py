@@ -244,21 +244,13 @@ def predict(
     from worldnet.models.predictor import ImageInputError, Predictor
 
     if model.startswith("models:/"):
-        import mlflow
+        from tasks.tracking import registry_model_file
 
-        from tasks.tracking import configure_mlflow
-
-        configure_mlflow(root)
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
-        except Exception as exc:  # noqa: BLE001
-            typer.echo(f"error: cannot load {model} from {mlflow.get_tracking_uri()} ({exc}); run `worldnet demo` first", err=True)
+            model_path = registry_model_file(model, root)
+        except FileNotFoundError as exc:
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
-        found = list(local.rglob("*.pt"))
-        if not found:
-            typer.echo(f"error: {model} has no worldnet .pt artifact", err=True)
-            raise typer.Exit(2)
-        model_path = found[0]
     else:
         model_path = Path(model)
     predictor = Predictor.load(model_path)

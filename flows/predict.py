@@ -15,16 +15,16 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.per_shard import map_with_progress, predict_one_task, require_shared_store, shard_one_task
-from tasks.tracking import configure_mlflow
+from tasks.per_shard import map_with_progress, predict_one_task, require_shared_store, write_shards_mapped
+from tasks.tracking import registry_model_file, tracking_root
 from worldnet.catalog import Catalog
-from worldnet.data.shards import ShardSpec, collect_shards, plan_shards
+from worldnet.data.shards import ShardSpec
 from worldnet.io import write_bytes_atomic
 from worldnet.models.batch import collect_predictions, photo_table
-from worldnet.storage import as_path, is_local
+from worldnet.storage import as_path
 
 
-def resolve_model(model: str, tracking_root: Path) -> bytes:
+def resolve_model(model: str, tracking: Path) -> bytes:
     """The bytes of a worldNET model: a registry URI (``models:/worldnet@champion``) or a file/URL.
 
     Raises:
@@ -35,17 +35,7 @@ def resolve_model(model: str, tracking_root: Path) -> bytes:
         if not p.is_file():
             raise FileNotFoundError(f"model file {model} not found: pass a worldnet .pt file or models:/worldnet@champion")
         return p.read_bytes()
-    import mlflow
-
-    configure_mlflow(tracking_root)
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
-    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for "not there"
-        raise FileNotFoundError(f"cannot load {model} from {mlflow.get_tracking_uri()} ({exc}); run `worldnet demo` first") from exc
-    found = sorted(local.rglob("*.pt"))
-    if not found:
-        raise FileNotFoundError(f"{model} has no worldnet .pt artifact")
-    return found[0].read_bytes()
+    return registry_model_file(model, tracking).read_bytes()
 
 
 @flow(name="worldnet-predict-batch", flow_run_name="predict-{batch}")
@@ -72,12 +62,9 @@ def predict_batch(
     """
     cat = Catalog.from_yaml(root, batch=batch)
     require_shared_store(root, "predict-batch")
-    tracking = Path(as_path(root).path) if is_local(root) else Path(".worldnet")
-    write_bytes_atomic(cat.path("batch_model"), resolve_model(model, tracking))
+    write_bytes_atomic(cat.path("batch_model"), resolve_model(model, tracking_root(root)))
     table_in = photo_table(photos)
-    plan = plan_shards(table_in, cat.path("batch_shards"), ShardSpec(shard_size=shard_size))
-    map_with_progress(shard_one_task, plan.jobs, desc="photo shards", unit="shard", progress=progress)
-    shards = collect_shards(plan, written=len(plan.jobs))
+    shards = write_shards_mapped(table_in, cat.path("batch_shards"), ShardSpec(shard_size=shard_size), progress=progress)
     cat.save("batch_rejects", shards.rejects)
     done = map_with_progress(
         predict_one_task,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
 
+import polars as pl
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -23,9 +24,10 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 from tqdm import tqdm
+from upath import UPath
 
 from tasks.retry import retry_unless_user_error
-from worldnet.data.shards import ShardJob, write_shard
+from worldnet.data.shards import ShardJob, ShardResult, ShardSpec, collect_shards, plan_shards, write_shard
 from worldnet.features.backbones import Backbone, BackboneSpec, build_backbone
 from worldnet.features.extract import extract_features
 from worldnet.models.batch import predict_shard
@@ -145,3 +147,10 @@ def map_with_progress(
             results[i] = fut.result()
             bar.update(size(items[i]))
     return results
+
+
+def write_shards_mapped(table: pl.DataFrame, out_dir: UPath, spec: ShardSpec, *, progress: bool = True) -> ShardResult:
+    """Plan ``table`` 's shards, write the pending ones as mapped ``shard-one`` tasks, index them all."""
+    plan = plan_shards(table, out_dir, spec)
+    map_with_progress(shard_one_task, plan.jobs, desc="image shards", unit="shard", progress=progress)
+    return collect_shards(plan, written=len(plan.jobs))

@@ -28,13 +28,13 @@ from prefect import task
 from prefect.context import TaskRunContext
 from upath import UPath
 
-from tasks.per_shard import backbone_spec, extract_one_task, map_with_progress, require_shared_store, shard_one_task
+from tasks.per_shard import backbone_spec, extract_one_task, map_with_progress, require_shared_store, write_shards_mapped
 from tasks.retry import retry_unless_user_error
-from tasks.tracking import EXPERIMENT, file_hash
+from tasks.tracking import EXPERIMENT, file_hash, tracking_root
 from worldnet.catalog import Catalog
 from worldnet.data.debias import debias
 from worldnet.data.ingest import enforce_strict, ingest, reject_counts
-from worldnet.data.shards import ShardSpec, collect_shards, plan_shards
+from worldnet.data.shards import ShardSpec
 from worldnet.data.split import make_splits, split_counts
 from worldnet.evaluate import (
     ProtocolData,
@@ -52,7 +52,7 @@ from worldnet.io import write_text_atomic
 from worldnet.models.predictor import load_classifier, load_worldnet, save_classifier, save_worldnet
 from worldnet.models.worldnet_model import HEAD_MODES, TrainConfig, WorldNet
 from worldnet.report import paper_table, write_report
-from worldnet.storage import as_path, is_local, local_path, relative_to, url
+from worldnet.storage import local_path, relative_to, url
 
 STAGES = (
     "ingest",
@@ -124,12 +124,8 @@ class PipelineConfig:
         return Catalog.from_yaml(self.root, data_root=self.data_root, backbone=self.backbone)
 
     def tracking_root(self) -> Path:
-        """Local folder for the MLflow store: the catalog root, or ``./.worldnet`` when the root is a URL.
-
-        (A team sharing an object store shares an MLflow server too: set
-        ``MLFLOW_TRACKING_URI`` and this folder is not used.)
-        """
-        return Path(as_path(self.root).path) if is_local(self.root) else Path(".worldnet")
+        """Local folder for the MLflow store (see :func:`tasks.tracking.tracking_root`)."""
+        return tracking_root(self.root)
 
 
 def _io_paths(cfg: PipelineConfig, names: tuple[str, ...]) -> list[UPath]:
@@ -392,9 +388,8 @@ def shard_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[st
     require_shared_store(cfg.root, "shard")
     with _run(cfg, "shard", parent_run_id):
         table = cat.load("manifest_debiased").join(cat.load("splits"), on="image_id")
-        plan = plan_shards(table, cat.path("image_shards"), ShardSpec(cfg.shard_size, cfg.image_width, cfg.image_height))
-        map_with_progress(shard_one_task, plan.jobs, desc="image shards", unit="shard", progress=cfg.progress)
-        res = collect_shards(plan, written=len(plan.jobs))
+        spec = ShardSpec(cfg.shard_size, cfg.image_width, cfg.image_height)
+        res = write_shards_mapped(table, cat.path("image_shards"), spec, progress=cfg.progress)
         cat.save("shard_rejects", res.rejects)
         mlflow.log_params({"shard_size": cfg.shard_size, "size": f"{cfg.image_width}x{cfg.image_height}"})
         mlflow.log_metrics(

@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 from upath import UPath
 
-from worldnet.storage import as_path, relative_to
+from worldnet.storage import as_path, is_local, local_path, relative_to
 
 EXPERIMENT = "worldnet"
 MODEL_NAME = "worldnet"
@@ -26,6 +26,15 @@ def user_tracking_uri() -> str | None:
     return uri if uri and uri not in _SET_BY_US else None
 
 
+def tracking_root(catalog_root: str) -> Path:
+    """Local folder for the MLflow store: the catalog root, or ``./.worldnet`` when the root is a URL.
+
+    (A team sharing an object store shares an MLflow server too: set
+    ``MLFLOW_TRACKING_URI`` and this folder is not used.)
+    """
+    return local_path(catalog_root) if is_local(catalog_root) else Path(".worldnet")
+
+
 def configure_mlflow(root: Path) -> str:
     """Point MLflow at ``{root}/mlflow.db`` (unless the user set ``MLFLOW_TRACKING_URI``); returns the URI."""
     user = user_tracking_uri()
@@ -39,6 +48,23 @@ def configure_mlflow(root: Path) -> str:
         mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_root)
     mlflow.set_experiment(EXPERIMENT)
     return uri
+
+
+def registry_model_file(model: str, tracking_root: Path) -> Path:
+    """Download a registered worldNET (``models:/worldnet@champion``) and return its ``.pt`` file.
+
+    Raises:
+        FileNotFoundError: The registry has no such model, or it holds no ``.pt`` file.
+    """
+    configure_mlflow(tracking_root)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for "not there"
+        raise FileNotFoundError(f"cannot load {model} from {mlflow.get_tracking_uri()} ({exc}); run `worldnet demo` first") from exc
+    found = sorted(local.rglob("*.pt"))
+    if not found:
+        raise FileNotFoundError(f"{model} has no worldnet .pt artifact")
+    return found[0]
 
 
 def file_hash(path: Path | UPath) -> str:

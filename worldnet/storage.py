@@ -69,14 +69,6 @@ def url(path: str | os.PathLike[str] | UPath) -> str:
     return str(Path(p.path).resolve()) if is_local(p) else str(p)
 
 
-def join(base: str | os.PathLike[str] | UPath, *parts: str) -> UPath:
-    """``base / part / ...`` for local paths and URLs alike."""
-    p = as_path(base)
-    for part in parts:
-        p = p / part
-    return p
-
-
 def relative_to(path: UPath, root: UPath) -> str:
     """``path`` relative to ``root``, as a POSIX string."""
     if is_local(path) and is_local(root):
@@ -143,18 +135,10 @@ def local_copy(path: str | os.PathLike[str] | UPath) -> Iterator[Path]:
         yield dest
 
 
-def remove(path: str | os.PathLike[str] | UPath) -> None:
-    """Delete a file if it exists."""
-    p = as_path(path)
-    if p.exists():
-        p.unlink()
-
-
 __all__ = [
     "LOCAL_PROTOCOLS",
     "as_path",
     "is_local",
-    "join",
     "load_npy",
     "local_copy",
     "local_path",
@@ -162,7 +146,6 @@ __all__ = [
     "open_input",
     "read_parquet",
     "relative_to",
-    "remove",
     "shared_across_processes",
     "sorted_glob",
     "url",

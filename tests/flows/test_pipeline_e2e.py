@@ -5,7 +5,6 @@ import json
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -13,12 +12,6 @@ from flows.pipeline import pipeline, select_stages
 from tasks.stages import STAGES, PipelineConfig
 from worldnet.catalog import Catalog, MissingArtifactError
 from worldnet.data.synthetic import SynthConfig, generate
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_stage_selection():

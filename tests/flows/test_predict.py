@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -16,12 +15,6 @@ from worldnet.models.worldnet_model import TrainConfig, fit_worldnet
 
 CENTROIDS = np.array([[40.4, -3.7], [13.7, 100.5], [42.4, -71.1]])
 NAMES = ["Madrid", "Bangkok", "Boston"]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture(scope="module")

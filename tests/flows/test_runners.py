@@ -6,7 +6,6 @@ import hashlib
 
 import fsspec
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import run_pipeline
 from flows.runners import make_task_runner
@@ -15,12 +14,6 @@ from worldnet.data.synthetic import SynthConfig, generate
 from worldnet.storage import as_path, relative_to
 
 DATA_STAGES = ["ingest", "debias", "split", "shard", "extract_features"]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture(scope="module")

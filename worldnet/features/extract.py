@@ -105,7 +105,7 @@ def pending_shards(shards_dir: str | Path | UPath, out_dir: str | Path | UPath) 
     pending = []
     for s in shard_paths(shards_dir):
         npy, idx = _feature_pair(out, s)
-        if not (npy.is_file() and idx.is_file()) or not _is_done(npy, idx, read_parquet(s, columns=["image_id"]).height):
+        if not _is_done(npy, idx, read_parquet(s, columns=["image_id"]).height):
             pending.append(s.name)
     return pending
 
