@@ -114,6 +114,7 @@ class PipelineConfig:
     cluster_strategy: str = "city"
     k: int = 23
     head_mode: str = "in_sample"
+    crossfit_weight_decay: float = TrainConfig.crossfit_weight_decay
     snap: bool = True
     seed: int = 0
     protocols: list[str] = field(default_factory=lambda: ["seen", "unseen"])
@@ -438,7 +439,7 @@ def _protocols(cfg: PipelineConfig) -> Iterator[tuple[str, ProtocolData]]:
 
 
 def _train_cfg(cfg: PipelineConfig) -> TrainConfig:
-    return TrainConfig(seed=cfg.seed)
+    return TrainConfig(seed=cfg.seed, crossfit_weight_decay=cfg.crossfit_weight_decay)
 
 
 @task(name="cluster", task_run_name="cluster-{cfg.cluster_strategy}", **STAGE_TASK)
@@ -478,7 +479,7 @@ def train_interpolation_task(cfg: PipelineConfig, parent_run_id: str | None = No
     cat = cfg.catalog()
     out: dict[str, Any] = {}
     with _run(cfg, "train_interpolation", parent_run_id):
-        mlflow.log_params({"head_mode": cfg.head_mode, "snap": cfg.snap})
+        mlflow.log_params({"head_mode": cfg.head_mode, "snap": cfg.snap, "crossfit_weight_decay": cfg.crossfit_weight_decay})
         for proto, data in _protocols(cfg):
             centroids = cat.load("centroids", protocol=proto)
             fit = load_classifier(cat.require("classifier", protocol=proto))

@@ -1,10 +1,12 @@
 """The interpolation head's spherical composition and the haversine loss it trains on."""
 
 import numpy as np
+import pytest
 import torch
 
 from worldnet.geo.sphere import haversine_km, haversine_km_torch, latlon_to_xyz
-from worldnet.models.worldnet_model import InterpolationHead, compose
+from worldnet.models.baselines import MeanModel
+from worldnet.models.worldnet_model import InterpolationHead, TrainConfig, compose, fit_worldnet, train_head
 
 
 def _xyz(latlon):
@@ -58,3 +60,58 @@ def test_haversine_loss_gradient_matches_finite_differences_through_the_composit
     g = torch.autograd.grad(loss(logits), logits)[0]
     with torch.no_grad():
         assert loss(logits - 1e-3 * g) < loss(logits)
+
+
+def _mlp_weight_norm(head: InterpolationHead) -> float:
+    return sum(float(layer.weight.detach().norm()) for layer in (head.mlp[0], head.mlp[2]))
+
+
+def test_head_weight_decay_shrinks_only_the_mlp_weights():
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    k = 8
+    cents = np.c_[rng.uniform(-40, 60, k), rng.uniform(-180, 180, k)]
+    # probabilities that say nothing about the targets: only a prior is learnable
+    noise = torch.distributions.Dirichlet(torch.full((k,), 0.3))
+    torch.manual_seed(0)
+    probs = noise.sample((200,))
+    targets = cents[rng.integers(0, k, 200)]
+    free, _ = train_head(probs, targets, cents, TrainConfig(seed=0), weight_decay=0.0)
+    decayed, _ = train_head(probs, targets, cents, TrainConfig(seed=0), weight_decay=100.0)
+    assert _mlp_weight_norm(decayed) < 0.1 * _mlp_weight_norm(free)
+    # the output bias (the prior over centroids) is not decayed: it grows from its ~0.14 init
+    assert float(decayed.mlp[2].bias.detach().norm()) > 0.5
+    # nor is the log-probability skip: with an informative classifier the decayed head still learns to trust it
+    y = torch.from_numpy(rng.integers(0, k, 200))
+    informative = torch.softmax(3 * torch.nn.functional.one_hot(y, k).float() + 0.5 * torch.randn(200, k, generator=gen), -1)
+    _, losses = train_head(informative, cents[y.numpy()], cents, TrainConfig(seed=0), weight_decay=100.0)
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ValueError, match="weight_decay"):
+        train_head(probs, targets, cents, TrainConfig(seed=0), weight_decay=-1.0)
+
+
+def _noise_world(seed: int, n_city: int = 12, per: int = 20, dim: int = 16):
+    rng = np.random.default_rng(seed)
+    cities = np.c_[rng.uniform(-40, 60, n_city), rng.uniform(-180, 180, n_city)]
+    city = np.repeat(np.arange(n_city), per)
+    latlon = cities[city] + rng.normal(0, 0.1, (len(city), 2))
+    return rng.normal(size=(len(city), dim)).astype(np.float32), city, latlon, cities
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_crossfit_head_falls_back_to_the_prior_when_features_carry_no_location(seed):
+    """Pure-noise features: in_sample trusts a classifier that is right only on its own training images."""
+    X, city, latlon, cents = _noise_world(seed)
+    test_rng = np.random.default_rng(seed + 100)
+    X_test = test_rng.normal(size=(120, X.shape[1])).astype(np.float32)
+    truth = latlon[test_rng.integers(0, len(latlon), 120)]
+    cfg = TrainConfig(seed=seed, max_epochs=20)
+    km = {}
+    for mode in ("in_sample", "crossfit"):
+        wn = fit_worldnet(X, city, latlon, city.astype(str), X[:0], city[:0], cents, [str(i) for i in range(len(cents))], mode, cfg)
+        pred = wn.predict(X_test)[0]
+        km[mode] = haversine_km(truth[:, 0], truth[:, 1], pred[:, 0], pred[:, 1]).mean()
+    mean = MeanModel.fit(latlon).predict(len(truth))
+    km["mean model"] = haversine_km(truth[:, 0], truth[:, 1], mean[:, 0], mean[:, 1]).mean()
+    assert km["crossfit"] < km["in_sample"]
+    assert km["crossfit"] < 1.05 * km["mean model"]
