@@ -18,6 +18,10 @@ from flows.env import apply_local_defaults
 
 apply_local_defaults()
 
+CROSSFIT_DECAY_HELP = (
+    "Weight decay on the crossfit head's MLP weights; its training rows are few cities (default: TrainConfig's, 100; see README)."
+)
+
 app = typer.Typer(
     help="worldnet: continuous GPS prediction from street-level photos (worldNET).", no_args_is_help=True, add_completion=False
 )
@@ -123,9 +127,7 @@ def run(
     backbone: Annotated[str, typer.Option(help="Feature backbone (efficientnet_lite0, vgg19, tiny_random, ...).")] = "efficientnet_lite0",
     weights: Annotated[str | None, typer.Option(help="Weights file for backbones you supply (vgg19).")] = None,
     head_mode: Annotated[str, typer.Option(help="Interpolation head training: in_sample (paper) or crossfit.")] = "in_sample",
-    crossfit_weight_decay: Annotated[
-        float, typer.Option(help="Weight decay on the crossfit head's MLP weights (its training rows are few cities; see README).")
-    ] = 100.0,
+    crossfit_weight_decay: Annotated[float | None, typer.Option(help=CROSSFIT_DECAY_HELP)] = None,
     cluster: Annotated[str, typer.Option(help="Clustering: city (paper) or kmeans.")] = "city",
     k: Annotated[int, typer.Option(help="Clusters for kmeans.")] = 23,
     unseen: Annotated[list[str] | None, typer.Option(help="Cities held out for the unseen protocol (repeat); default 5 by seed.")] = None,
@@ -155,7 +157,8 @@ def run(
         raise typer.BadParameter(str(exc)) from None
     cfg = _config(data_root, root, backbone, weights, dataset_kind, strict, head_mode, cluster, k, seed, unseen)
     cfg.device = device
-    cfg.crossfit_weight_decay = crossfit_weight_decay
+    if crossfit_weight_decay is not None:
+        cfg.crossfit_weight_decay = crossfit_weight_decay
     result = run_pipeline(cfg, task_runner=runner, from_stage=from_stage, only=only)
     _print_results(result, cfg.tracking_root())
 
@@ -201,7 +204,7 @@ def cv(
             "crossfit head is trained for) or in_sample (the paper's). Both rows are printed."
         ),
     ] = "crossfit",
-    crossfit_weight_decay: Annotated[float, typer.Option(help="Weight decay on the crossfit head's MLP weights (see README).")] = 100.0,
+    crossfit_weight_decay: Annotated[float | None, typer.Option(help=CROSSFIT_DECAY_HELP)] = None,
     seed: Annotated[int, typer.Option(help="Seed for folds and training.")] = 0,
 ) -> None:
     """Grouped k-fold evaluation of every model on a small dataset; prints the paper's table.
@@ -236,6 +239,9 @@ def cv(
     X, labels = load_features(cat.path("feature_shards"))
     keys = country_of(labels["lat"].to_numpy(), labels["lon"].to_numpy()) if group == "country" else labels["city"].to_numpy()
     groups = np.array([str(g) for g in keys])
+    train_cfg = TrainConfig(seed=seed)
+    if crossfit_weight_decay is not None:
+        train_cfg.crossfit_weight_decay = crossfit_weight_decay
     res = cross_validate(
         X,
         labels,
@@ -245,7 +251,7 @@ def cv(
         k=k,
         head_mode=head_mode,
         seed=seed,
-        cfg=TrainConfig(seed=seed, crossfit_weight_decay=crossfit_weight_decay),
+        cfg=train_cfg,
     )
     typer.echo(f"\n{folds}-fold cross-validation grouped by {group}: {labels.height} images, {len(set(groups))} {group} groups")
     typer.echo(paper_table(res.metrics))

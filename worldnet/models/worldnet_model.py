@@ -178,8 +178,10 @@ def train_head(
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     torch.manual_seed(cfg.seed)
     head = InterpolationHead(centroids_latlon, cfg.head_hidden)
-    decayed = [p for name, p in head.mlp.named_parameters() if name.endswith("weight")]
-    kept = [p for p in head.parameters() if all(p is not d for d in decayed)]
+    decayed: list[nn.Parameter] = []
+    kept: list[nn.Parameter] = []
+    for name, param in head.named_parameters():
+        (decayed if name.startswith("mlp.") and name.endswith(".weight") else kept).append(param)
     opt = torch.optim.AdamW([{"params": decayed, "weight_decay": weight_decay}, {"params": kept, "weight_decay": 0.0}], lr=cfg.head_lr)
     t = torch.tensor(target_latlon, dtype=torch.float32)
     losses = []
@@ -256,6 +258,11 @@ def fit_classifier(
     return ClassifierFit(std, clf, m)
 
 
+def _check_head_mode(mode: str) -> None:
+    if mode not in HEAD_MODES:
+        raise ValueError(f"unknown head mode {mode!r}; choose one of {', '.join(HEAD_MODES)}")
+
+
 def fit_interpolation(
     fit: ClassifierFit,
     X_train: np.ndarray,
@@ -268,8 +275,7 @@ def fit_interpolation(
     cfg: TrainConfig | None = None,
 ) -> WorldNet:
     """Stage 2: with the classifier frozen, train the interpolation head (see module docs for ``mode``)."""
-    if mode not in HEAD_MODES:
-        raise ValueError(f"unknown head mode {mode!r}; choose one of {', '.join(HEAD_MODES)}")
+    _check_head_mode(mode)
     cfg = cfg or TrainConfig()
     k = len(centroids_latlon)
     Xt = fit.standardiser(X_train)
@@ -295,7 +301,6 @@ def fit_worldnet(
     cfg: TrainConfig | None = None,
 ) -> WorldNet:
     """Train classifier then head; ``groups_train`` (city per row) drives crossfit folds."""
-    if mode not in HEAD_MODES:
-        raise ValueError(f"unknown head mode {mode!r}; choose one of {', '.join(HEAD_MODES)}")
+    _check_head_mode(mode)
     fit = fit_classifier(X_train, y_train, X_val, y_val, len(centroids_latlon), cfg)
     return fit_interpolation(fit, X_train, y_train, latlon_train, groups_train, centroids_latlon, centroid_names, mode, cfg)
