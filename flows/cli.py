@@ -67,6 +67,7 @@ def _config(
     k: int,
     seed: int,
     unseen: list[str] | None,
+    **more: object,
 ):
     from tasks.stages import PipelineConfig
 
@@ -82,7 +83,33 @@ def _config(
         k=k,
         seed=seed,
         unseen_cities=unseen or None,
+        **more,  # type: ignore[arg-type]
     )
+
+
+#: Errors that mean "the input or an option is wrong": one line, exit 2, no traceback (``--debug`` shows it).
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from worldnet.features.backbones import WeightsNotFoundError
+
+    return (ValueError, FileNotFoundError, WeightsNotFoundError, KeyError)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _parse_size(size: str) -> tuple[int, int]:
+    """``WxH`` → (w, h); ``auto`` → (0, 300): the photos' own aspect at 300 px high."""
+    if size == "auto":
+        return 0, 300
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"--image-size must be auto or look like 600x300, got {size!r}") from None
+    if w < 16 or h < 16:
+        raise typer.BadParameter(f"--image-size must be at least 16x16, got {size!r}")
+    return w, h
 
 
 def _print_results(result: dict, root: Path) -> None:
@@ -141,6 +168,22 @@ def run(
     dask_workers: Annotated[
         int | None, typer.Option(help="With --task-runner dask and no address: worker processes of a LocalCluster (default: cores).")
     ] = None,
+    debias: Annotated[
+        str,
+        typer.Option(
+            help="De-biasing: balance_continents (no continent over --debias-max-share; a one-continent dataset is kept whole), "
+            "cap_per_city (at most --debias-cap photos per city) or none."
+        ),
+    ] = "balance_continents",
+    debias_cap: Annotated[int, typer.Option(help="cap_per_city: photos kept per city.")] = 100,
+    debias_max_share: Annotated[float, typer.Option(help="balance_continents: the largest share any continent may keep.")] = 0.45,
+    debias_max_drop: Annotated[
+        float, typer.Option(help="Stop with an error if de-biasing would drop more than this share of the photos (1: allow anything).")
+    ] = 0.5,
+    image_size: Annotated[
+        str, typer.Option(help="Shard frame WxH; auto keeps the photos' own aspect at 300 px high (a 2:1 panorama stays whole).")
+    ] = "auto",
+    debug: Annotated[bool, typer.Option(help="Show the full traceback of an error.")] = False,
 ) -> None:
     """Run the pipeline (or one stage of it) under Prefect with MLflow tracking.
 
@@ -148,6 +191,16 @@ def run(
     train_interpolation, train_baselines, evaluate, report, register. The shard and
     extract_features stages map one task per shard, onto Dask workers with --task-runner dask.
     """
+    from worldnet.data.debias import check_debias_options
+
+    width, height = _parse_size(image_size)
+    try:
+        check_debias_options(debias, cap=debias_cap, max_share=debias_max_share, max_drop=debias_max_drop)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if only is None and from_stage is None and not data_root.exists():
+        raise _fail(f"--data-root {data_root} does not exist: point it at a GSV-Cities folder (Dataframes/ + Images/) or a CSV")
+
     from flows.pipeline import run_pipeline
     from flows.runners import make_task_runner
 
@@ -155,11 +208,34 @@ def run(
         runner = make_task_runner(task_runner, dask_address=dask_address, dask_workers=dask_workers)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    cfg = _config(data_root, root, backbone, weights, dataset_kind, strict, head_mode, cluster, k, seed, unseen)
+    cfg = _config(
+        data_root,
+        root,
+        backbone,
+        weights,
+        dataset_kind,
+        strict,
+        head_mode,
+        cluster,
+        k,
+        seed,
+        unseen,
+        debias_strategy=debias,
+        debias_cap=debias_cap,
+        debias_max_share=debias_max_share,
+        debias_max_drop=debias_max_drop,
+        image_width=width,
+        image_height=height,
+    )
     cfg.device = device
     if crossfit_weight_decay is not None:
         cfg.crossfit_weight_decay = crossfit_weight_decay
-    result = run_pipeline(cfg, task_runner=runner, from_stage=from_stage, only=only)
+    try:
+        result = run_pipeline(cfg, task_runner=runner, from_stage=from_stage, only=only)
+    except _user_errors() as exc:
+        if debug:
+            raise
+        raise _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
     _print_results(result, cfg.tracking_root())
 
 

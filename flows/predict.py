@@ -19,6 +19,7 @@ from tasks.per_shard import map_with_progress, predict_one_task, require_shared_
 from tasks.tracking import registry_model_file, tracking_root
 from worldnet.catalog import Catalog
 from worldnet.data.shards import ShardSpec
+from worldnet.models.predictor import load_worldnet
 from worldnet.io import write_bytes_atomic
 from worldnet.models.batch import collect_predictions, photo_table
 from worldnet.storage import as_path
@@ -64,7 +65,9 @@ def predict_batch(
     require_shared_store(root, "predict-batch")
     write_bytes_atomic(cat.path("batch_model"), resolve_model(model, tracking_root(root)))
     table_in = photo_table(photos)
-    shards = write_shards_mapped(table_in, cat.path("batch_shards"), ShardSpec(shard_size=shard_size), progress=progress)
+    frame = load_worldnet(cat.path("batch_model"))[0].frame or (ShardSpec.width, ShardSpec.height)
+    spec = ShardSpec(shard_size=shard_size, width=frame[0], height=frame[1])  # framed as the model's training photos were
+    shards = write_shards_mapped(table_in, cat.path("batch_shards"), spec, progress=progress)
     cat.save("batch_rejects", shards.rejects)
     done = map_with_progress(
         predict_one_task,

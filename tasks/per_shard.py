@@ -72,15 +72,15 @@ def worker_threads() -> int | None:
 
 
 @lru_cache(maxsize=4)
-def cached_backbone(name: str, weights: str | None) -> Backbone:
-    """Build each backbone once per process (a Dask worker embeds many shards)."""
-    return build_backbone(name, weights)
+def cached_backbone(name: str, weights: str | None, frame: tuple[int, int] | None = None) -> Backbone:
+    """Build each backbone once per process and frame (a Dask worker embeds many shards)."""
+    return build_backbone(name, weights, frame)
 
 
-def backbone_spec(name: str, weights: str | None) -> BackboneSpec:
+def backbone_spec(name: str, weights: str | None, frame: tuple[int, int] | None = None) -> BackboneSpec:
     """The spec of a backbone, built (once per process) under the model lock."""
     with MODEL_LOCK:
-        return cached_backbone(name, weights).spec
+        return cached_backbone(name, weights, frame).spec
 
 
 # Task functions must pickle by reference (Dask ships them to workers; by
@@ -98,11 +98,18 @@ shard_one_task = task(name="shard-one", task_run_name="shard-{job.index:05d}", *
 
 
 def _extract_one(
-    shard: str, shards_dir: str, out_dir: str, backbone: str, weights: str | None, flat: bool, device: str
+    shard: str,
+    shards_dir: str,
+    out_dir: str,
+    backbone: str,
+    weights: str | None,
+    flat: bool,
+    device: str,
+    frame: tuple[int, int] | None = None,
 ) -> dict[str, float]:
     """Embed one image shard into its feature shard (``pid`` says which process did it)."""
     with MODEL_LOCK:  # building under the lock too: two threads seeding one global RNG would interleave draws
-        model = cached_backbone(backbone, weights)
+        model = cached_backbone(backbone, weights, tuple(frame) if frame else None)
         res = extract_features(model, shards_dir, out_dir, only=[shard], threads=worker_threads(), flat=flat, device=device, progress=False)
     return {"images": res.images, "seconds": res.seconds, "pid": os.getpid()}
 

@@ -34,7 +34,7 @@ from tasks.tracking import EXPERIMENT, file_hash, tracking_root
 from worldnet.catalog import Catalog
 from worldnet.data.debias import debias
 from worldnet.data.ingest import enforce_strict, ingest, reject_counts
-from worldnet.data.shards import ShardSpec
+from worldnet.data.shards import ShardSpec, infer_frame, shard_frame
 from worldnet.data.split import make_splits, split_counts
 from worldnet.evaluate import (
     ProtocolData,
@@ -47,7 +47,7 @@ from worldnet.evaluate import (
     train_classifier_step,
     train_interpolation_step,
 )
-from worldnet.features.extract import load_features, pending_shards
+from worldnet.features.extract import feature_frame, load_features, pending_shards, write_feature_frame
 from worldnet.io import write_text_atomic
 from worldnet.models.predictor import load_classifier, load_worldnet, save_classifier, save_worldnet
 from worldnet.models.worldnet_model import HEAD_MODES, TrainConfig, WorldNet
@@ -100,12 +100,14 @@ class PipelineConfig:
     debias_strategy: str = "balance_continents"
     debias_cap: int = 100
     debias_max_share: float = 0.45
+    debias_max_drop: float = 0.5
     test_fraction: float = 0.3
     val_fraction: float = 0.1
     unseen_cities: list[str] | None = None
     n_unseen: int = 5
     shard_size: int = 256
-    image_width: int = 400
+    #: Shard frame; width 0 = the photos' own median aspect at this height (a 2:1 panorama keeps its sides).
+    image_width: int = 0
     image_height: int = 300
     backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None
@@ -354,14 +356,25 @@ def ingest_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[s
 def debias_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     cat = cfg.catalog()
     with _run(cfg, "debias", parent_run_id):
+        mlflow.log_params(
+            {"strategy": cfg.debias_strategy, "cap": cfg.debias_cap, "max_share": cfg.debias_max_share, "max_drop": cfg.debias_max_drop}
+        )
         out, summary = debias(
-            cat.load("manifest_raw"), cfg.debias_strategy, cap=cfg.debias_cap, max_share=cfg.debias_max_share, seed=cfg.seed
+            cat.load("manifest_raw"),
+            cfg.debias_strategy,
+            cap=cfg.debias_cap,
+            max_share=cfg.debias_max_share,
+            max_drop=cfg.debias_max_drop,
+            seed=cfg.seed,
         )
         cat.save("manifest_debiased", out)
-        mlflow.log_params({"strategy": cfg.debias_strategy, "cap": cfg.debias_cap, "max_share": cfg.debias_max_share})
-        mlflow.log_metrics({"rows_before": sum(summary.before_city.values()), "rows_after": out.height})
+        mlflow.log_metrics(summary.metrics())
         mlflow.log_text(summary.table(), "debias_summary.txt")
-        return {"rows": out.height, "table": summary.table()}
+        if summary.note:
+            mlflow.set_tag("debias_note", summary.note[:500])
+        if cfg.progress:
+            print(summary.table() if len(summary.before_city) <= 40 else summary.line(), flush=True)
+        return {"rows": out.height, "line": summary.line(), "table": summary.table()}
 
 
 @task(name="split", **STAGE_TASK)
@@ -389,7 +402,10 @@ def shard_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[st
     require_shared_store(cfg.root, "shard")
     with _run(cfg, "shard", parent_run_id):
         table = cat.load("manifest_debiased").join(cat.load("splits"), on="image_id")
-        spec = ShardSpec(cfg.shard_size, cfg.image_width, cfg.image_height)
+        width, height = (cfg.image_width, cfg.image_height) or (0, 0)
+        if width == 0:
+            width, height = infer_frame(table["path"].to_list(), cfg.image_height)
+        spec = ShardSpec(cfg.shard_size, width, height)
         res = write_shards_mapped(table, cat.path("image_shards"), spec, progress=cfg.progress)
         cat.save("shard_rejects", res.rejects)
         mlflow.log_params({"shard_size": cfg.shard_size, "size": f"{cfg.image_width}x{cfg.image_height}"})
@@ -408,6 +424,7 @@ def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[
         t = time.perf_counter()
         shards_dir, out_dir = cat.require("image_shards"), cat.path("feature_shards")
         todo = pending_shards(shards_dir, out_dir)
+        frame = shard_frame(shards_dir)
         done = map_with_progress(
             extract_one_task,
             todo,
@@ -420,12 +437,14 @@ def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[
             weights=cfg.backbone_weights,
             flat=cfg.flat_features,
             device=cfg.device,
+            frame=frame,
         )
         images = sum(int(d["images"]) for d in done)
         processes = len({d["pid"] for d in done})
         seconds = time.perf_counter() - t
-        spec = backbone_spec(cfg.backbone, cfg.backbone_weights)
-        mlflow.log_params({"backbone": cfg.backbone, "dim": spec.dim, "input_size": str(spec.input_size)})
+        spec = backbone_spec(cfg.backbone, cfg.backbone_weights, frame)
+        write_feature_frame(out_dir, frame, spec.input_size)
+        mlflow.log_params({"backbone": cfg.backbone, "dim": spec.dim, "input_size": str(spec.input_size), "frame": str(frame)})
         ips = images / seconds if images else 0.0
         mlflow.log_metrics({"images": images, "shards_embedded": len(todo), "images_per_second": ips, "seconds": seconds})
         return {"images": images, "images_per_second": ips, "worker_processes": processes}
@@ -480,12 +499,13 @@ def train_interpolation_task(cfg: PipelineConfig, parent_run_id: str | None = No
     out: dict[str, Any] = {}
     with _run(cfg, "train_interpolation", parent_run_id):
         mlflow.log_params({"head_mode": cfg.head_mode, "snap": cfg.snap, "crossfit_weight_decay": cfg.crossfit_weight_decay})
+        frame = feature_frame(cat.require("feature_shards"))
         for proto, data in _protocols(cfg):
             centroids = cat.load("centroids", protocol=proto)
             fit = load_classifier(cat.require("classifier", protocol=proto))
             for mode in HEAD_MODES:
                 wn = train_interpolation_step(data, centroids, fit, mode, cfg.cluster_strategy, _train_cfg(cfg))
-                save_worldnet(wn, cat.path("worldnet_model", protocol=proto, mode=mode), backbone=cfg.backbone, snap=cfg.snap)
+                save_worldnet(wn, cat.path("worldnet_model", protocol=proto, mode=mode), backbone=cfg.backbone, snap=cfg.snap, frame=frame)
                 mlflow.log_metric(f"{proto}.{mode}.head_final_loss_km", wn.metrics["head_final_loss_km"])
                 out[f"{proto}.{mode}"] = wn.metrics["head_final_loss_km"]
     return out

@@ -24,7 +24,7 @@ from worldnet.models.baselines import (
     predict_direct_regression,
     random_guess,
 )
-from worldnet.models.worldnet_model import ClassifierFit, TrainConfig, WorldNet, fit_classifier, fit_interpolation
+from worldnet.models.worldnet_model import ClassifierFit, TrainConfig, WorldNet, classifier_targets, fit_classifier, fit_interpolation
 
 #: Report rows, in the paper's order, then ours.
 MODEL_ORDER = (
@@ -107,11 +107,25 @@ def cluster_step(data: ProtocolData, strategy: str = "city", k: int = 23, seed: 
 def train_classifier_step(
     data: ProtocolData, centroids: pl.DataFrame, strategy: str = "city", cfg: TrainConfig | None = None
 ) -> ClassifierFit:
-    """The centroid classifier, early-stopped on validation rows whose city has a centroid."""
+    """The centroid classifier; validation rows whose city has a centroid score it (and early-stop the MLP)."""
+    cfg = cfg or TrainConfig()
     y_tr = cluster_labels(data.train, centroids, strategy)
     y_va = cluster_labels(data.val, centroids, strategy)
     keep = y_va >= 0
-    return fit_classifier(data.X_train, y_tr, data.X_val[keep], y_va[keep], centroids.height, cfg)
+    targets = classifier_targets(data.latlon(data.train), centroids.select("lat", "lon").to_numpy(), y_tr, cfg)
+    return fit_classifier(data.X_train, y_tr, data.X_val[keep], y_va[keep], centroids.height, cfg, targets)
+
+
+def crossfit_groups(frame: pl.DataFrame, protocol: str) -> np.ndarray:
+    """What the crossfit head's folds hold out, mimicking the protocol's test images.
+
+    ``unseen`` tests cities never trained on, so folds hold out whole cities;
+    ``seen`` tests new places of known cities, so folds hold out whole places
+    (a place is its coordinates: the headings of one location share them).
+    """
+    if protocol == "seen":
+        return (frame["lat"].round(6).cast(pl.String) + "," + frame["lon"].round(6).cast(pl.String)).to_numpy()
+    return frame["city"].to_numpy()
 
 
 def train_interpolation_step(
@@ -128,7 +142,7 @@ def train_interpolation_step(
         data.X_train,
         cluster_labels(data.train, centroids, strategy),
         data.latlon(data.train),
-        data.train["city"].to_numpy(),
+        crossfit_groups(data.train, data.protocol),
         centroids.select("lat", "lon").to_numpy(),
         centroids["name"].to_list(),
         mode,

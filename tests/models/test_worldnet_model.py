@@ -79,8 +79,8 @@ def test_head_weight_decay_shrinks_only_the_mlp_weights():
     free, _ = train_head(probs, targets, cents, TrainConfig(seed=0), weight_decay=0.0)
     decayed, _ = train_head(probs, targets, cents, TrainConfig(seed=0), weight_decay=100.0)
     assert _mlp_weight_norm(decayed) < 0.1 * _mlp_weight_norm(free)
-    # the output bias (the prior over centroids) is not decayed: it grows from its ~0.14 init
-    assert float(decayed.mlp[2].bias.detach().norm()) > 0.5
+    # the output bias (the prior over centroids) is not decayed: it grows from its zero start
+    assert float(decayed.mlp[2].bias.detach().norm()) > 0.25
     # nor is the log-probability skip: with an informative classifier the decayed head still learns to trust it
     y = torch.from_numpy(rng.integers(0, k, 200))
     informative = torch.softmax(3 * torch.nn.functional.one_hot(y, k).float() + 0.5 * torch.randn(200, k, generator=gen), -1)

@@ -7,6 +7,13 @@ Strategies, all deterministic by seed:
 * ``balance_continents``: no continent may hold more than ``max_share`` of the
   result. Over-represented continents are subsampled (evenly across their
   cities, by water-filling) until their share is exactly ``max_share``.
+  A dataset of one continent (one country, one region) has nothing to
+  balance and is kept whole; with n continents no share below 1/n is
+  possible, so ``max_share`` is raised to 1/n (the summary says so).
+
+A de-bias must never quietly destroy a dataset: one that would drop more than
+``max_drop`` of the photos (half, by default) stops with :class:`DebiasError`,
+which names the options that allow it.
 
 Sampling keeps whole places together where it can (places are shuffled, then
 taken whole), so a de-biased set still has several photos per place.
@@ -22,25 +29,58 @@ import polars as pl
 STRATEGIES = ("none", "cap_per_city", "balance_continents")
 
 
+class DebiasError(ValueError):
+    """A de-bias that would drop more of the dataset than the user allowed."""
+
+
 @dataclass(frozen=True)
 class DebiasSummary:
-    """Counts before and after, per continent and per city."""
+    """Counts before and after, per continent and per city, and why the result is what it is."""
 
     strategy: str
     before_continent: dict[str, int]
     after_continent: dict[str, int]
     before_city: dict[str, int]
     after_city: dict[str, int]
+    note: str = ""
+
+    @property
+    def kept(self) -> int:
+        return sum(self.after_city.values())
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.before_city.values()) - self.kept
+
+    def line(self) -> str:
+        """One line for the console: strategy, kept and dropped, and the note."""
+        before = sum(self.before_city.values())
+        share = f" ({self.dropped / before:.0%})" if before else ""
+        return f"de-bias {self.strategy}: kept {self.kept:,} of {before:,} photos, dropped {self.dropped:,}{share}" + (
+            f"; {self.note}" if self.note else ""
+        )
 
     def table(self) -> str:
-        """A plain-text before/after table for logs and the CLI."""
-        lines = [f"de-bias: {self.strategy}", f"{'continent':<16}{'before':>8}{'after':>8}"]
+        """A plain-text kept/dropped table per continent and per city, for logs, MLflow and the CLI."""
+        lines = [self.line(), f"{'continent':<16}{'before':>8}{'kept':>8}{'dropped':>9}"]
         for k in sorted(self.before_continent):
-            lines.append(f"{k:<16}{self.before_continent[k]:>8}{self.after_continent.get(k, 0):>8}")
-        lines.append(f"{'city':<16}{'before':>8}{'after':>8}")
+            n, kept = self.before_continent[k], self.after_continent.get(k, 0)
+            lines.append(f"{k:<16}{n:>8}{kept:>8}{n - kept:>9}")
+        lines.append(f"{'city':<16}{'before':>8}{'kept':>8}{'dropped':>9}")
         for k in sorted(self.before_city):
-            lines.append(f"{k:<16}{self.before_city[k]:>8}{self.after_city.get(k, 0):>8}")
+            n, kept = self.before_city[k], self.after_city.get(k, 0)
+            lines.append(f"{k:<16}{n:>8}{kept:>8}{n - kept:>9}")
         return "\n".join(lines)
+
+    def metrics(self) -> dict[str, float]:
+        """Kept and dropped per continent and city, as flat metric names (for MLflow)."""
+        out: dict[str, float] = {"rows_before": float(sum(self.before_city.values())), "rows_after": float(self.kept)}
+        for scope, before, after in (("continent", self.before_continent, self.after_continent), ("city", self.before_city, self.after_city)):
+            for k, n in before.items():
+                key = "".join(c if c.isalnum() else "_" for c in k)
+                out[f"kept.{scope}.{key}"] = float(after.get(k, 0))
+                out[f"dropped.{scope}.{key}"] = float(n - after.get(k, 0))
+        return out
 
 
 def _counts(df: pl.DataFrame, col: str) -> dict[str, int]:
@@ -87,34 +127,58 @@ def debias(
     *,
     cap: int = 100,
     max_share: float = 0.45,
+    max_drop: float = 0.5,
     seed: int = 0,
 ) -> tuple[pl.DataFrame, DebiasSummary]:
     """Subsample ``manifest`` by ``strategy``; returns the kept rows and a summary.
 
+    Args:
+        max_drop: The largest share of photos the de-bias may drop (0-1); 1 allows anything.
+
     Raises:
         ValueError: For an unknown strategy or out-of-range parameters.
+        DebiasError: When the strategy would drop more than ``max_drop`` of the photos.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown de-bias strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    check_debias_options(strategy, cap=cap, max_share=max_share, max_drop=max_drop)
     city_n = _counts(manifest, "city")
+    continents = _counts(manifest, "continent")
+    note = ""
     if strategy == "none" or manifest.height == 0:
         out = manifest
     elif strategy == "cap_per_city":
-        if cap < 1:
-            raise ValueError("cap must be at least 1")
         out = _take_per_city(manifest, {c: min(n, cap) for c, n in city_n.items()}, seed)
+    elif len(continents) == 1:
+        out = manifest
+        note = f"all photos are in {next(iter(continents))}: one continent, nothing to balance, every photo kept"
     else:
-        if not 0 < max_share <= 1:
-            raise ValueError("max_share must be in (0, 1]")
-        out = _take_per_city(manifest, _continent_quota(manifest, max_share), seed)
-    summary = DebiasSummary(
-        strategy=strategy,
-        before_continent=_counts(manifest, "continent"),
-        after_continent=_counts(out, "continent"),
-        before_city=city_n,
-        after_city=_counts(out, "city"),
-    )
+        share = max(max_share, 1 / len(continents))
+        if share > max_share:
+            note = f"max_share {max_share:g} is impossible with {len(continents)} continents; used {share:.3g}"
+        out = _take_per_city(manifest, _continent_quota(manifest, share), seed)
+    summary = DebiasSummary(strategy, continents, _counts(out, "continent"), city_n, _counts(out, "city"), note)
+    if manifest.height and summary.dropped > max_drop * manifest.height:
+        raise DebiasError(
+            f"de-bias {strategy} would drop {summary.dropped:,} of {manifest.height:,} photos ({summary.dropped / manifest.height:.0%}), "
+            f"more than --debias-max-drop {max_drop:g}; choose another strategy (--debias none, or cap_per_city with a larger "
+            f"--debias-cap) or allow it with --debias-max-drop 1"
+        )
     return out, summary
+
+
+def check_debias_options(strategy: str, *, cap: int = 100, max_share: float = 0.45, max_drop: float = 0.5) -> None:
+    """Validate de-bias options before any data is read (the CLI calls this up front).
+
+    Raises:
+        ValueError: Naming the option and its allowed range.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown de-bias strategy {strategy!r}; choose one of {', '.join(STRATEGIES)} (--debias)")
+    if cap < 1:
+        raise ValueError(f"--debias-cap must be at least 1, got {cap}")
+    if not 0 < max_share <= 1:
+        raise ValueError(f"--debias-max-share must be in (0, 1], got {max_share:g}")
+    if not 0 <= max_drop <= 1:
+        raise ValueError(f"--debias-max-drop must be in [0, 1], got {max_drop:g}")
 
 
 def _continent_quota(manifest: pl.DataFrame, max_share: float) -> dict[str, int]:

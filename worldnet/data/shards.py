@@ -20,11 +20,13 @@ from collections.abc import Iterator
 from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 from upath import UPath
 
@@ -48,6 +50,43 @@ class ShardSpec:
     quality: int = 90
 
 
+def infer_frame(paths: list[str], height: int = 300, sample: int = 64) -> tuple[int, int]:
+    """(width, height) for the shards: the photos' median aspect at ``height`` px, so no photo loses its sides.
+
+    Reads only the headers of the first ``sample`` photos (in sorted order, so
+    the answer is deterministic); unreadable ones are skipped here and
+    reported by the shard stage itself. Width is a multiple of 4, between
+    ``height / 2`` and ``3 * height``; 4:3 when nothing can be read.
+    """
+    aspects = []
+    for p in sorted(paths)[:sample]:
+        try:
+            with open_input(p) as fh, Image.open(fh) as img:
+                w, h = img.size
+                if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF says the photo is stored rotated
+                    w, h = h, w
+        except Exception:  # noqa: BLE001 - reported by the shard stage, not here
+            continue
+        if w > 0 and h > 0:
+            aspects.append(w / h)
+    aspect = float(np.median(aspects)) if aspects else 4 / 3
+    width = int(round(height * aspect / 4)) * 4
+    return min(max(width, height // 2), 3 * height), height
+
+
+def shard_frame(out_dir: str | Path | UPath) -> tuple[int, int]:
+    """(width, height) of the images in the shards under ``out_dir`` (all shards share one frame).
+
+    Raises:
+        FileNotFoundError: No shard holds an image yet.
+    """
+    for path in shard_paths(out_dir):
+        for batch in iter_shard_rows(path, ["jpeg"], 1):
+            with Image.open(io.BytesIO(cast(bytes, batch["jpeg"][0]))) as img:
+                return img.size
+    raise FileNotFoundError(f"no image shard with an image under {out_dir}: run the 'shard' stage first")
+
+
 def shard_name(k: int) -> str:
     """File name of shard ``k``."""
     return f"shard-{k:05d}.parquet"
@@ -60,6 +99,7 @@ def decode_resize(data: bytes, width: int, height: int) -> Image.Image:
         raise ValueError(f"image is {img.width}x{img.height}, over the {MAX_PIXELS:,}-pixel limit")
     scale = max(width / img.width, height / img.height)
     img.draft("RGB", (max(1, int(img.width * scale)), max(1, int(img.height * scale))))
+    img = ImageOps.exif_transpose(img)  # a phone photo stored sideways is seen upright, as in predict
     img = img.convert("RGB")
     img.load()
     scale = max(width / img.width, height / img.height)
@@ -68,6 +108,18 @@ def decode_resize(data: bytes, width: int, height: int) -> Image.Image:
         img = img.resize((rw, rh), Image.Resampling.BILINEAR, reducing_gap=2.0)
     left, top = (rw - width) // 2, (rh - height) // 2
     return img.crop((left, top, left + width, top + height))
+
+
+def frame_photo(data: bytes, spec: ShardSpec) -> bytes:
+    """A photo as every stage sees it: upright (EXIF), RGB, covering the frame, centre-cropped, JPEG at ``spec.quality``.
+
+    The shard stage stores this; ``predict`` and any server run the same
+    function, so a photo gives the same features on every path.
+    """
+    img = decode_resize(data, spec.width, spec.height)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=spec.quality)
+    return buf.getvalue()
 
 
 def _input_hash(rows: list[dict[str, object]], spec: ShardSpec) -> str:
@@ -149,9 +201,7 @@ def write_shard(job: ShardJob) -> dict[str, object]:
     for r in rows:
         try:
             with open_input(str(r["path"])) as fh:
-                img = decode_resize(fh.read(), spec.width, spec.height)
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=spec.quality)
+                framed = frame_photo(fh.read(), spec)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a reject, not a crash
             rejects.append(
                 {
@@ -165,7 +215,7 @@ def write_shard(job: ShardJob) -> dict[str, object]:
             continue
         for c in SHARD_COLUMNS[:7]:
             out[c].append(r[c])
-        out["jpeg"].append(buf.getvalue())
+        out["jpeg"].append(framed)
         out["width"].append(spec.width)
         out["height"].append(spec.height)
     table = pa.table(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
@@ -201,12 +201,32 @@ def available_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[str] | None = None) -> Backbone:
+def input_size_for(spec: BackboneSpec, frame: tuple[int, int] | None) -> tuple[int, int]:
+    """(height, width) the backbone sees for photos framed ``frame`` = (width, height).
+
+    The backbone's own height, and the width that keeps the frame's aspect
+    (even, rounded down), so a 2:1 Street View frame reaches the model whole
+    instead of squashed. Without a frame, the backbone's default size.
+    """
+    if frame is None:
+        return spec.input_size
+    w, h = frame
+    if w < 1 or h < 1:
+        raise ValueError(f"frame must be positive (width, height), got {frame}")
+    height = spec.input_size[0]
+    return height, max(2, int(height * w / h / 2) * 2)
+
+
+def build_backbone(
+    name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[str] | None = None, frame: tuple[int, int] | None = None
+) -> Backbone:
     """Build a backbone in eval mode.
 
     Args:
         name: One of :func:`available_backbones`.
         weights: A weights file, for backbones whose weights the user supplies (vgg19).
+        frame: (width, height) of the image shards it will read: the input
+            keeps their aspect (see :func:`input_size_for`).
 
     Raises:
         ValueError: For an unknown name.
@@ -215,4 +235,5 @@ def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[str]
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())}")
     model = _REGISTRY[name](weights)
+    model.spec = replace(model.spec, input_size=input_size_for(model.spec, frame))
     return model.eval()

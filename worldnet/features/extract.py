@@ -16,6 +16,7 @@ with the model in DataLoader worker processes on GPU (see
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from worldnet.data.shards import shard_paths
 from worldnet.features.backbones import Backbone, BackboneSpec
 from worldnet.features.preprocess import load_rgb, normalise_batch, to_array
 from worldnet.features.runtime import tune_cpu_allocator
-from worldnet.io import write_with_atomic
+from worldnet.io import write_text_atomic, write_with_atomic
 from worldnet.parallel import default_workers
 from worldnet.storage import as_path, load_npy, npy_rows, read_parquet, sorted_glob
 
@@ -229,6 +230,26 @@ def _write_feature_shard(out: UPath, shard: UPath, labels: pl.DataFrame, ids: li
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     with open(path, "wb") as fh:
         np.save(fh, arr)
+
+
+FRAME_FILE = "frame.json"
+
+
+def write_feature_frame(out_dir: str | Path | UPath, frame: tuple[int, int], input_size: tuple[int, int]) -> None:
+    """Record beside the feature shards the image frame (w, h) and model input (h, w) they were made with.
+
+    A model trained on these features must see new photos framed the same way.
+    """
+    write_text_atomic(as_path(out_dir) / FRAME_FILE, json.dumps({"frame": list(frame), "input_size": list(input_size)}))
+
+
+def feature_frame(out_dir: str | Path | UPath) -> tuple[int, int] | None:
+    """The frame :func:`write_feature_frame` recorded, or None for features made before it existed."""
+    f = as_path(out_dir) / FRAME_FILE
+    if not f.is_file():
+        return None
+    w, h = json.loads(f.read_text())["frame"]
+    return int(w), int(h)
 
 
 def load_features(out_dir: str | Path | UPath) -> tuple[np.ndarray, pl.DataFrame]:

@@ -17,9 +17,10 @@ import torch
 from PIL import Image
 from upath import UPath
 
-from worldnet.data.shards import MAX_PIXELS
+from worldnet.data.shards import MAX_PIXELS, ShardSpec, frame_photo
 from worldnet.features.backbones import Backbone, build_backbone
-from worldnet.features.extract import embed_images
+from worldnet.features.extract import decode_for
+from worldnet.features.preprocess import normalise_batch
 from worldnet.geo.land import snap_to_land
 from worldnet.geo.regions import continent_of, country_of
 from worldnet.io import write_with_atomic
@@ -38,10 +39,17 @@ def _linear(seq: torch.nn.Sequential, i: int) -> torch.nn.Linear:
     return layer
 
 
-def save_worldnet(wn: WorldNet, path: str | Path | UPath, *, backbone: str, snap: bool = True) -> UPath:
-    """Write a trained worldNET and its settings to one file, atomically."""
+def save_worldnet(
+    wn: WorldNet, path: str | Path | UPath, *, backbone: str, snap: bool = True, frame: tuple[int, int] | None = None
+) -> UPath:
+    """Write a trained worldNET and its settings to one file, atomically.
+
+    ``frame`` (width, height) is how its training photos were framed; photos
+    given to the predictor are framed the same way (None: the 4:3 default).
+    """
     blob = {
         "backbone": backbone,
+        "frame": list(frame or wn.frame) if (frame or wn.frame) else None,
         "snap": snap,
         "mode": wn.mode,
         "mean": torch.from_numpy(wn.standardiser.mean),
@@ -54,6 +62,7 @@ def save_worldnet(wn: WorldNet, path: str | Path | UPath, *, backbone: str, snap
             _linear(wn.head.mlp, 0).out_features,
         ],
         "classifier": wn.classifier.state_dict(),
+        "classifier_kind": wn.classifier.kind,
         "head": wn.head.state_dict(),
         "metrics": {k: float(v) for k, v in wn.metrics.items()},
     }
@@ -72,6 +81,7 @@ def save_classifier(fit: ClassifierFit, path: str | Path | UPath) -> UPath:
             _linear(fit.classifier.net, 4).out_features,
         ],
         "classifier": fit.classifier.state_dict(),
+        "classifier_kind": fit.classifier.kind,
         "metrics": {k: float(v) for k, v in fit.metrics.items()},
     }
     _torch_save_atomic(blob, path)
@@ -88,7 +98,7 @@ def load_classifier(path: str | Path | UPath) -> ClassifierFit:
     """Load what :func:`save_classifier` wrote."""
     blob = _torch_load(path)
     dim, hidden, k = blob["dims"]
-    clf = CentroidClassifier(dim, k, hidden)
+    clf = CentroidClassifier(dim, k, hidden, kind=str(blob.get("classifier_kind", "mlp")))
     clf.load_state_dict(blob["classifier"])
     clf.eval()
     return ClassifierFit(Standardiser(blob["mean"].numpy(), blob["std"].numpy()), clf, dict(blob["metrics"]))
@@ -108,7 +118,7 @@ def load_worldnet(path: str | Path | UPath) -> tuple[WorldNet, str, bool]:
     blob = _torch_load(path)
     dim, hidden, head_hidden = blob["dims"]
     c = blob["centroids"].numpy()
-    clf = CentroidClassifier(dim, len(c), hidden)
+    clf = CentroidClassifier(dim, len(c), hidden, kind=str(blob.get("classifier_kind", "mlp")))
     clf.load_state_dict(blob["classifier"])
     clf.eval()
     head = InterpolationHead(c, head_hidden)
@@ -116,6 +126,8 @@ def load_worldnet(path: str | Path | UPath) -> tuple[WorldNet, str, bool]:
     head.eval()
     metrics = dict(blob.get("metrics", {}))
     wn = WorldNet(Standardiser(blob["mean"].numpy(), blob["std"].numpy()), clf, head, c, list(blob["names"]), blob["mode"], metrics)
+    if blob.get("frame"):
+        wn.frame = (int(blob["frame"][0]), int(blob["frame"][1]))
     return wn, str(blob["backbone"]), bool(blob["snap"])
 
 
@@ -143,6 +155,12 @@ class Prediction:
         }
 
 
+def read_photo(path: str | Path) -> bytes:
+    """A photo's bytes, checked the way :func:`open_image` checks it (errors say what is wrong)."""
+    open_image(path)
+    return Path(path).read_bytes()
+
+
 def open_image(path: str | Path) -> Image.Image:
     """Open a photo for prediction, with errors that say what is wrong."""
     p = Path(path)
@@ -167,11 +185,13 @@ class Predictor:
         self.model = model
         self.backbone = backbone
         self.snap = snap
+        w, h = model.frame or (ShardSpec.width, ShardSpec.height)
+        self.shard_spec = ShardSpec(width=w, height=h)
 
     @classmethod
     def load(cls, path: str | Path | UPath, weights: str | None = None) -> Predictor:
         wn, backbone, snap = load_worldnet(path)
-        return cls(wn, build_backbone(backbone, weights), snap)
+        return cls(wn, build_backbone(backbone, weights, wn.frame), snap)
 
     def predict_features(self, X: np.ndarray, names: list[str], top_k: int = 3) -> list[Prediction]:
         latlon, probs = self.model.predict(X)
@@ -198,7 +218,14 @@ class Predictor:
             )
         return out
 
+    def features(self, photos: list[bytes]) -> np.ndarray:
+        """Backbone features of encoded photos, through the training path (:func:`frame_photo`, then the model's decode)."""
+        spec = self.backbone.spec
+        arrays = np.stack([decode_for(spec, frame_photo(b, self.shard_spec)) for b in photos])
+        with torch.inference_mode():
+            return self.backbone(normalise_batch(torch.from_numpy(arrays), spec)).float().numpy()
+
     def predict_paths(self, paths: list[str], top_k: int = 3) -> list[Prediction]:
         """Geolocate photo files (raises :class:`ImageInputError` for a bad one)."""
-        images = [open_image(p) for p in paths]
-        return self.predict_features(embed_images(self.backbone, images), [str(p) for p in paths], top_k)
+        photos = [read_photo(p) for p in paths]
+        return self.predict_features(self.features(photos), [str(p) for p in paths], top_k)

@@ -1,8 +1,11 @@
 """worldNET: a centroid classifier, then an interpolation head over its distribution.
 
-1. :class:`CentroidClassifier` — an MLP on frozen backbone features predicting a
-   distribution over the K cluster centroids (cross-entropy), early-stopped on
-   validation accuracy.
+1. :class:`CentroidClassifier` — on frozen backbone features, predicting a
+   distribution over the K cluster centroids (cross-entropy). ``linear``
+   (the default, see :mod:`worldnet.models.linear`): PCA whitening, then
+   softmax regression on haversine-smoothed targets, fitted by L-BFGS;
+   ``mlp`` (the paper's): a one-hidden-layer MLP, early-stopped on validation
+   accuracy.
 2. :class:`InterpolationHead` — with the classifier frozen, a 2-layer ReLU MLP
    maps the K probabilities to K logits → softmax weights; the prediction is the
    *spherical* composition of the centroids (normalise Σ wₖ·xyz(cₖ)), trained
@@ -40,14 +43,22 @@ import torch
 from torch import nn
 
 from worldnet.geo.sphere import haversine_km_torch, latlon_to_xyz
+from worldnet.models.linear import fit_softmax, smoothed_targets, torch_threads, whitening
 
 HEAD_MODES = ("in_sample", "crossfit")
+CLASSIFIERS = ("linear", "mlp")
 
 
 @dataclass
 class TrainConfig:
     """Hyper-parameters shared by the worldNET parts (defaults suit ~2k images on CPU)."""
 
+    #: ``linear`` (PCA whitening + softmax regression, L-BFGS) or ``mlp`` (the paper's).
+    classifier: str = "linear"
+    #: linear: principal components kept, L2 strength, and the haversine smoothing of targets (km; 0 = one-hot).
+    pca_dim: int = 128
+    l2: float = 1e-2
+    target_tau_km: float = 150.0
     hidden: int = 256
     dropout: float = 0.3
     lr: float = 1e-3
@@ -82,11 +93,25 @@ class Standardiser:
 
 
 class CentroidClassifier(nn.Module):
-    """MLP: features → logits over K centroids."""
+    """Features → logits over K centroids.
 
-    def __init__(self, dim: int, k: int, hidden: int = 256, dropout: float = 0.3):
+    Both kinds share one layout, ``net[1]`` (dim → hidden) then ``net[4]``
+    (hidden → K), so they save and load alike: ``mlp`` has dropout and a ReLU
+    between them; ``linear`` has neither, and ``net[1]`` is the fixed PCA
+    whitening (``hidden`` = components kept).
+    """
+
+    def __init__(self, dim: int, k: int, hidden: int = 256, dropout: float = 0.3, kind: str = "mlp"):
         super().__init__()
-        self.net = nn.Sequential(nn.Dropout(dropout / 2), nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, k))
+        if kind not in CLASSIFIERS:
+            raise ValueError(f"unknown classifier {kind!r}; choose one of {', '.join(CLASSIFIERS)}")
+        self.kind = kind
+        if kind == "linear":
+            self.net = nn.Sequential(nn.Identity(), nn.Linear(dim, hidden), nn.Identity(), nn.Identity(), nn.Linear(hidden, k))
+        else:
+            self.net = nn.Sequential(
+                nn.Dropout(dropout / 2), nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, k)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)
@@ -126,9 +151,51 @@ def compose(weights: torch.Tensor, centroid_xyz: torch.Tensor) -> torch.Tensor:
 
 
 def train_classifier(
+    X: torch.Tensor,
+    y: np.ndarray,
+    X_val: torch.Tensor | None,
+    y_val: np.ndarray | None,
+    k: int,
+    cfg: TrainConfig,
+    targets: np.ndarray | None = None,
+) -> tuple[CentroidClassifier, dict[str, float]]:
+    """Fit the centroid classifier of kind ``cfg.classifier`` on standardised features.
+
+    ``targets`` (N, K) are the linear classifier's soft targets (default: one-hot ``y``).
+    """
+    with torch_threads(1):
+        if cfg.classifier == "linear":
+            return _train_linear(X, y, X_val, y_val, k, cfg, targets)
+        if cfg.classifier != "mlp":
+            raise ValueError(f"unknown classifier {cfg.classifier!r}; choose one of {', '.join(CLASSIFIERS)}")
+        return _train_mlp(X, y, X_val, y_val, k, cfg)
+
+
+def _train_linear(
+    X: torch.Tensor, y: np.ndarray, X_val: torch.Tensor | None, y_val: np.ndarray | None, k: int, cfg: TrainConfig, targets: np.ndarray | None
+) -> tuple[CentroidClassifier, dict[str, float]]:
+    proj, p = whitening(X, cfg.pca_dim)
+    Z = X @ proj
+    T = torch.from_numpy(targets if targets is not None else smoothed_targets(np.zeros((len(y), 2)), np.zeros((k, 2)), y, 0.0))
+    W, b = fit_softmax(Z, T, cfg.l2)
+    model = CentroidClassifier(X.shape[1], k, p, kind="linear")
+    with torch.no_grad():
+        model.net[1].weight.copy_(proj.T)
+        model.net[1].bias.zero_()
+        model.net[4].weight.copy_(W.T)
+        model.net[4].bias.copy_(b)
+    model.eval()
+    metrics = {"best_epoch": 0.0, "val_accuracy": 0.0}
+    if X_val is not None and y_val is not None and len(y_val):
+        with torch.no_grad():
+            metrics["val_accuracy"] = float((model(X_val).argmax(1).numpy() == y_val).mean())
+    return model, metrics
+
+
+def _train_mlp(
     X: torch.Tensor, y: np.ndarray, X_val: torch.Tensor | None, y_val: np.ndarray | None, k: int, cfg: TrainConfig
 ) -> tuple[CentroidClassifier, dict[str, float]]:
-    """Fit the classifier with Adam + cross-entropy, keeping the best validation epoch."""
+    """The paper's classifier: Adam + cross-entropy, keeping the best validation epoch."""
     torch.manual_seed(cfg.seed)
     model = CentroidClassifier(X.shape[1], k, cfg.hidden, cfg.dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -176,14 +243,22 @@ def train_head(
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    with torch_threads(1):
+        return _train_head(probs, target_latlon, centroids_latlon, cfg, weight_decay)
+
+
+def _train_head(
+    probs: torch.Tensor, target_latlon: np.ndarray, centroids_latlon: np.ndarray, cfg: TrainConfig, weight_decay: float
+) -> tuple[InterpolationHead, list[float]]:
     torch.manual_seed(cfg.seed)
     head = InterpolationHead(centroids_latlon, cfg.head_hidden)
+    t = torch.tensor(target_latlon, dtype=torch.float32)
+    _start_at_best_temperature(head, probs, t)
     decayed: list[nn.Parameter] = []
     kept: list[nn.Parameter] = []
     for name, param in head.named_parameters():
         (decayed if name.startswith("mlp.") and name.endswith(".weight") else kept).append(param)
     opt = torch.optim.AdamW([{"params": decayed, "weight_decay": weight_decay}, {"params": kept, "weight_decay": 0.0}], lr=cfg.head_lr)
-    t = torch.tensor(target_latlon, dtype=torch.float32)
     losses = []
     for _ in range(cfg.head_epochs):
         opt.zero_grad()
@@ -196,8 +271,41 @@ def train_head(
     return head, losses
 
 
-def crossfit_probs(X: torch.Tensor, y: np.ndarray, groups: np.ndarray, k: int, cfg: TrainConfig) -> torch.Tensor:
-    """Out-of-group probabilities: each image scored by a classifier that never saw its city."""
+#: Temperatures tried before the head trains (1 = trust the classifier as it is, 0 = ignore it: the mean of the centroids).
+START_TEMPERATURES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+def _start_at_best_temperature(head: InterpolationHead, probs: torch.Tensor, target: torch.Tensor) -> None:
+    """Zero the MLP's output and set the temperature with the lowest training loss.
+
+    The head then starts as ``softmax(tau * log p)``, the best pure
+    re-tempering of the classifier, and training refines from there. A head
+    started at tau = 1 needs hundreds of steps to reach a classifier that is
+    far too sure (in-sample probabilities) or far too unsure (a regularised
+    linear model out of fold).
+    """
+    last = head.mlp[2]
+    if not isinstance(last, nn.Linear):
+        raise TypeError("the head's MLP must end in a Linear layer")
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        losses = []
+        for tau in START_TEMPERATURES:
+            head.temperature.fill_(tau)
+            pred = head(probs)
+            losses.append(float(haversine_km_torch(pred[:, 0], pred[:, 1], target[:, 0], target[:, 1]).mean()))
+        head.temperature.fill_(START_TEMPERATURES[int(np.argmin(losses))])
+
+
+def crossfit_probs(
+    X: torch.Tensor, y: np.ndarray, groups: np.ndarray, k: int, cfg: TrainConfig, targets: np.ndarray | None = None
+) -> torch.Tensor:
+    """Out-of-group probabilities: each image scored by a classifier that never saw its group.
+
+    ``groups`` mimic what the test images hold out: their city (unseen
+    cities) or their place (unseen places of seen cities).
+    """
     uniq = np.array(sorted(set(groups.tolist())))
     rng = np.random.default_rng(cfg.seed)
     folds = np.array_split(uniq[rng.permutation(len(uniq))], min(cfg.crossfit_folds, len(uniq)))
@@ -205,7 +313,8 @@ def crossfit_probs(X: torch.Tensor, y: np.ndarray, groups: np.ndarray, k: int, c
     fold_cfg = copy.copy(cfg)
     for fold in folds:
         held = np.isin(groups, fold)
-        model, _ = train_classifier(X[~held], y[~held], None, None, k, _fixed_epochs(fold_cfg))
+        fold_targets = targets[~held] if targets is not None else None
+        model, _ = train_classifier(X[~held], y[~held], None, None, k, _fixed_epochs(fold_cfg), fold_targets)
         out[held] = predict_proba(model, X[held])
     return out
 
@@ -227,6 +336,8 @@ class WorldNet:
     centroid_names: list[str]
     mode: str
     metrics: dict[str, float] = field(default_factory=dict)
+    #: (width, height) its training photos were framed to; None: the 4:3 default (400, 300).
+    frame: tuple[int, int] | None = None
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 2) lat/lon before land snapping, and (N, K) classifier probabilities."""
@@ -246,16 +357,30 @@ class ClassifierFit:
 
 
 def fit_classifier(
-    X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, k: int, cfg: TrainConfig | None = None
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    k: int,
+    cfg: TrainConfig | None = None,
+    targets: np.ndarray | None = None,
 ) -> ClassifierFit:
-    """Standardise features and train the centroid classifier (early-stopped on ``X_val``)."""
+    """Standardise features and train the centroid classifier (the MLP is early-stopped on ``X_val``).
+
+    ``targets``: the linear classifier's soft targets (see :func:`classifier_targets`).
+    """
     cfg = cfg or TrainConfig()
     std = Standardiser.fit(X_train)
     Xt = std(X_train)
     has_val = len(X_val) > 0
-    clf, m = train_classifier(Xt, y_train, std(X_val) if has_val else None, y_val if has_val else None, k, cfg)
+    clf, m = train_classifier(Xt, y_train, std(X_val) if has_val else None, y_val if has_val else None, k, cfg, targets)
     m["train_accuracy"] = float((predict_proba(clf, Xt).argmax(1).numpy() == y_train).mean())
     return ClassifierFit(std, clf, m)
+
+
+def classifier_targets(latlon: np.ndarray, centroids_latlon: np.ndarray, labels: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """The classifier's training targets: haversine-smoothed over centroids (one-hot when ``target_tau_km`` is 0)."""
+    return smoothed_targets(latlon, centroids_latlon, labels, cfg.target_tau_km)
 
 
 def _check_head_mode(mode: str) -> None:
@@ -280,7 +405,8 @@ def fit_interpolation(
     k = len(centroids_latlon)
     Xt = fit.standardiser(X_train)
     if mode == "crossfit":
-        probs, weight_decay = crossfit_probs(Xt, y_train, groups_train, k, cfg), cfg.crossfit_weight_decay
+        targets = classifier_targets(latlon_train, centroids_latlon, y_train, cfg) if cfg.classifier == "linear" else None
+        probs, weight_decay = crossfit_probs(Xt, y_train, groups_train, k, cfg, targets), cfg.crossfit_weight_decay
     else:
         probs, weight_decay = predict_proba(fit.classifier, Xt), cfg.head_weight_decay
     head, losses = train_head(probs, latlon_train, centroids_latlon, cfg, weight_decay)
@@ -302,5 +428,7 @@ def fit_worldnet(
 ) -> WorldNet:
     """Train classifier then head; ``groups_train`` (city per row) drives crossfit folds."""
     _check_head_mode(mode)
-    fit = fit_classifier(X_train, y_train, X_val, y_val, len(centroids_latlon), cfg)
+    cfg = cfg or TrainConfig()
+    targets = classifier_targets(latlon_train, centroids_latlon, y_train, cfg)
+    fit = fit_classifier(X_train, y_train, X_val, y_val, len(centroids_latlon), cfg, targets)
     return fit_interpolation(fit, X_train, y_train, latlon_train, groups_train, centroids_latlon, centroid_names, mode, cfg)
