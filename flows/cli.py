@@ -89,9 +89,10 @@ def _config(
 
 #: Errors that mean "the input or an option is wrong": one line, exit 2, no traceback (``--debug`` shows it).
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from tasks.records import RootBusyError
     from worldnet.features.backbones import WeightsNotFoundError
 
-    return (ValueError, FileNotFoundError, WeightsNotFoundError, KeyError)
+    return (ValueError, FileNotFoundError, WeightsNotFoundError, KeyError, RootBusyError)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -150,7 +151,9 @@ def run(
     ] = ".worldnet",
     only: Annotated[str | None, typer.Option(help="Run just this stage, reusing upstream artifacts.")] = None,
     from_stage: Annotated[str | None, typer.Option("--from", help="Run from this stage to the end.")] = None,
-    dataset_kind: Annotated[str, typer.Option(help="gsv_cities | gsv_metadata | flat | csv")] = "gsv_cities",
+    dataset_kind: Annotated[
+        str, typer.Option(help="auto (a folder with Dataframes/ is gsv_cities, a .csv is csv) | gsv_cities | gsv_metadata | flat | csv")
+    ] = "auto",
     backbone: Annotated[str, typer.Option(help="Feature backbone (efficientnet_lite0, vgg19, tiny_random, ...).")] = "efficientnet_lite0",
     weights: Annotated[str | None, typer.Option(help="Weights file for backbones you supply (vgg19).")] = None,
     head_mode: Annotated[str, typer.Option(help="Interpolation head training: in_sample (paper) or crossfit.")] = "in_sample",
@@ -183,6 +186,9 @@ def run(
     image_size: Annotated[
         str, typer.Option(help="Shard frame WxH; auto keeps the photos' own aspect at 300 px high (a 2:1 panorama stays whole).")
     ] = "auto",
+    wait_lock: Annotated[
+        float, typer.Option(help="Seconds to wait when another run holds the catalog root (default: refuse at once).")
+    ] = 0.0,
     debug: Annotated[bool, typer.Option(help="Show the full traceback of an error.")] = False,
 ) -> None:
     """Run the pipeline (or one stage of it) under Prefect with MLflow tracking.
@@ -231,7 +237,7 @@ def run(
     if crossfit_weight_decay is not None:
         cfg.crossfit_weight_decay = crossfit_weight_decay
     try:
-        result = run_pipeline(cfg, task_runner=runner, from_stage=from_stage, only=only)
+        result = run_pipeline(cfg, task_runner=runner, from_stage=from_stage, only=only, wait_lock=wait_lock)
     except _user_errors() as exc:
         if debug:
             raise
@@ -265,7 +271,7 @@ def demo(
 @app.command()
 def cv(
     data_root: Annotated[Path, typer.Option(help="Dataset to cross-validate (e.g. ../shared/data/osv5m_sample/metadata.csv).")],
-    dataset_kind: Annotated[str, typer.Option(help="gsv_cities | flat | csv")] = "csv",
+    dataset_kind: Annotated[str, typer.Option(help="auto (a folder with Dataframes/ is gsv_cities, a .csv is csv) | gsv_cities | flat | csv")] = "auto",
     root: Annotated[Path, typer.Option(help="Catalog root for this run's shards and features.")] = Path(".worldnet/cv"),
     folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
     group: Annotated[str, typer.Option(help="Keep each country or city in one fold: country | city.")] = "country",
@@ -282,6 +288,8 @@ def cv(
     ] = "crossfit",
     crossfit_weight_decay: Annotated[float | None, typer.Option(help=CROSSFIT_DECAY_HELP)] = None,
     seed: Annotated[int, typer.Option(help="Seed for folds and training.")] = 0,
+    image_size: Annotated[str, typer.Option(help="Shard frame WxH, or auto (the photos' own aspect at 300 px high).")] = "auto",
+    debug: Annotated[bool, typer.Option(help="Show the full traceback of an error.")] = False,
 ) -> None:
     """Grouped k-fold evaluation of every model on a small dataset; prints the paper's table.
 
@@ -293,7 +301,7 @@ def cv(
 
     from worldnet.catalog import Catalog
     from worldnet.data.ingest import ingest, reject_counts
-    from worldnet.data.shards import ShardSpec, write_shards
+    from worldnet.data.shards import ShardSpec, infer_frame, write_shards
     from worldnet.evaluate import cross_validate
     from worldnet.features.backbones import build_backbone
     from worldnet.features.extract import extract_features, load_features
@@ -303,15 +311,27 @@ def cv(
 
     if group not in ("country", "city"):
         raise typer.BadParameter("--group must be country or city")
-    cat = Catalog.from_yaml(root, data_root=str(data_root), backbone=backbone)
-    manifest, rejects = ingest(dataset_kind, data_root)
-    if rejects.height:
-        typer.echo(f"rejected {rejects.height} rows: {reject_counts(rejects)} (see {cat.save('rejects', rejects)})")
-    table = manifest.with_columns(seen=pl.lit("train"), unseen=pl.lit("train"))
-    shards = write_shards(table, cat.path("image_shards"), ShardSpec(shard_size=64))
-    if shards.rejects.height:
-        typer.echo(f"{shards.rejects.height} images failed to decode (see {cat.save('shard_rejects', shards.rejects)})")
-    extract_features(build_backbone(backbone, weights), cat.path("image_shards"), cat.path("feature_shards"))
+    width, height = _parse_size(image_size)
+    if not data_root.exists():
+        raise _fail(f"--data-root {data_root} does not exist: point it at a GSV-Cities folder (Dataframes/ + Images/) or a CSV")
+    try:
+        cat = Catalog.from_yaml(root, data_root=str(data_root), backbone=backbone)
+        manifest, rejects = ingest(dataset_kind, data_root)
+        if rejects.height:
+            typer.echo(f"rejected {rejects.height} rows: {reject_counts(rejects)} (see {cat.save('rejects', rejects)})")
+        if manifest.height == 0:
+            raise ValueError(f"no usable rows in {data_root}; see the rejects above")
+        table = manifest.with_columns(seen=pl.lit("train"), unseen=pl.lit("train"))
+        if width == 0:
+            width, height = infer_frame(table["path"].to_list(), height)
+        shards = write_shards(table, cat.path("image_shards"), ShardSpec(shard_size=64, width=width, height=height))
+        if shards.rejects.height:
+            typer.echo(f"{shards.rejects.height} images failed to decode (see {cat.save('shard_rejects', shards.rejects)})")
+        extract_features(build_backbone(backbone, weights, (width, height)), cat.path("image_shards"), cat.path("feature_shards"))
+    except _user_errors() as exc:
+        if debug:
+            raise
+        raise _fail(str(exc).strip().splitlines()[0]) from None
     X, labels = load_features(cat.path("feature_shards"))
     keys = country_of(labels["lat"].to_numpy(), labels["lon"].to_numpy()) if group == "country" else labels["city"].to_numpy()
     groups = np.array([str(g) for g in keys])
@@ -328,6 +348,7 @@ def cv(
         head_mode=head_mode,
         seed=seed,
         cfg=train_cfg,
+        progress=lambda f, n, secs: typer.echo(f"fold {f + 1}/{n} done in {secs:.1f}s", err=True),
     )
     typer.echo(f"\n{folds}-fold cross-validation grouped by {group}: {labels.height} images, {len(set(groups))} {group} groups")
     typer.echo(paper_table(res.metrics))

@@ -24,15 +24,18 @@ from tasks.stages import (
     evaluate_task,
     extract_task,
     ingest_task,
-    outputs_present,
+    current_key,
+    record_stage,
     report_task,
-    restore_missing,
+    restore_outputs,
     shard_task,
     split_task,
     train_baselines_task,
     train_classifier_task,
     train_interpolation_task,
+    up_to_date,
 )
+from tasks.records import root_lock
 from tasks.tracking import configure_mlflow
 
 _TASKS = {
@@ -81,10 +84,11 @@ def run_pipeline(
     stages: list[str] | None = None,
     from_stage: str | None = None,
     only: str | None = None,
+    wait_lock: float = 0.0,
 ) -> dict[str, Any]:
     """Run :func:`pipeline` on ``task_runner`` (see ``flows.runners.make_task_runner``; default: threads)."""
     fl = pipeline.with_options(task_runner=task_runner) if task_runner is not None else pipeline
-    result: dict[str, Any] = fl(cfg, stages=stages, from_stage=from_stage, only=only)
+    result: dict[str, Any] = fl(cfg, stages=stages, from_stage=from_stage, only=only, wait_lock=wait_lock)
     return result
 
 
@@ -94,55 +98,81 @@ def pipeline(
     stages: list[str] | None = None,
     from_stage: str | None = None,
     only: str | None = None,
+    wait_lock: float = 0.0,
 ) -> dict[str, Any]:
     """Run the chosen stages in order under one MLflow parent run.
 
-    With ``only``, the stage itself always runs; its upstream stages are first
-    brought up to date the cheap way: a missing artifact is restored from the
-    MLflow run that logged it, then each upstream task is served from Prefect's
-    cache when its inputs, outputs, parameters and code are unchanged (its
-    state reads ``Cached``), and rerun only if something did change.
+    A stage runs unless its record under the catalog root proves it up to
+    date: same input hashes, parameters and code as when it last ran, and its
+    outputs still as it wrote them (see :mod:`tasks.records`); then its state
+    reads ``Up to date``. The stage named by ``only`` or ``from_stage`` always
+    runs. Before it, each upstream stage is brought up to date the cheap way:
+    missing outputs are restored from the MLflow run of this root that made
+    them with the same inputs, then the stage is skipped if its record proves
+    it, or rerun.
+
+    Two runs on one catalog root never interleave: the second waits up to
+    ``wait_lock`` seconds for the first, then stops with a clear error.
 
     Args:
         cfg: Every knob of the run (defaults: the synthetic demo world).
         stages: Subset of stages to run (default: all).
         from_stage: Run from this stage to the end.
         only: Run just this stage (see above).
+        wait_lock: Seconds to wait for another run holding the catalog root.
 
     Returns:
-        Each stage's summary, its Prefect state name, timings, restored
+        Each stage's summary, its state, why it ran or not, timings, restored
         artifacts, and the MLflow parent run id.
     """
     cfg = cfg or PipelineConfig()
     tracking = cfg.tracking_root()
     tracking.mkdir(parents=True, exist_ok=True)
-    configure_mlflow(tracking)
     todo = select_stages(stages, from_stage, only)
-    checks = [s for s in upstream_of(only) if s != "register"] if only else []
-    out: dict[str, Any] = {"stages": todo, "timings": {}, "states": {}, "restored": []}
-    with mlflow.start_run(run_name="pipeline") as parent:
-        mlflow.log_params({k: str(v)[:250] for k, v in asdict(cfg).items()})
-        mlflow.set_tag("stages", ",".join(todo))
-        pid = parent.info.run_id
-        out["mlflow_run_id"] = pid
-        for stage in checks + todo:
-            t = time.perf_counter()
-            out["restored"] += restore_missing(cfg, stage, outputs=stage in checks)
-            if stage == "register":
-                scores: dict[str, float] = {p: _worldnet_mean_km(cfg, p) for p in ("seen", "unseen") if p in cfg.protocols}
-                out[stage] = register_task(cfg, scores, pid) if len(scores) == 2 else {"decision": "skipped: needs both protocols"}
-                out["states"][stage] = "Completed"
-            else:
-                refresh = stage == only or not outputs_present(cfg, stage)
-                task = _TASKS[stage].with_options(refresh_cache=True) if refresh else _TASKS[stage]
-                state = task(cfg, pid, return_state=True)
-                out["states"][stage] = state.name
-                out[stage] = state.result()
-            out["timings"][stage] = time.perf_counter() - t
-        mlflow.log_metrics({f"seconds_{k}": v for k, v in out["timings"].items()})
-        if out["restored"]:
-            mlflow.set_tag("restored_from_mlflow", ",".join(out["restored"])[:5000])
+    forced = only or from_stage
+    checks = [s for s in upstream_of(forced) if s != "register"] if forced else []
+    out: dict[str, Any] = {"stages": todo, "timings": {}, "states": {}, "reasons": {}, "restored": []}
+    with root_lock(cfg.catalog().root, tracking, wait_lock, on_wait=lambda m: print(m, flush=True)):
+        configure_mlflow(tracking)
+        with mlflow.start_run(run_name="pipeline") as parent:
+            mlflow.log_params({k: str(v)[:250] for k, v in asdict(cfg).items()})
+            mlflow.set_tag("stages", ",".join(todo))
+            pid = parent.info.run_id
+            out["mlflow_run_id"] = pid
+            for stage in checks + todo:
+                t = time.perf_counter()
+                if stage == "register":
+                    scores: dict[str, float] = {p: _worldnet_mean_km(cfg, p) for p in ("seen", "unseen") if p in cfg.protocols}
+                    out[stage] = register_task(cfg, scores, pid) if len(scores) == 2 else {"decision": "skipped: needs both protocols"}
+                    out["states"][stage] = "Completed"
+                else:
+                    _run_or_skip(cfg, stage, pid, force=stage == forced, out=out)
+                out["timings"][stage] = time.perf_counter() - t
+            mlflow.log_metrics({f"seconds_{k}": v for k, v in out["timings"].items()})
+            mlflow.set_tags({f"state.{k}": v for k, v in out["states"].items()})
+            if out["restored"]:
+                mlflow.set_tag("restored_from_mlflow", ",".join(out["restored"])[:5000])
     return out
+
+
+def _run_or_skip(cfg: PipelineConfig, stage: str, parent_run_id: str, *, force: bool, out: dict[str, Any]) -> None:
+    """Skip ``stage`` if its record proves it up to date, else run it and record it."""
+    if not force:
+        out["restored"] += restore_outputs(cfg, stage)
+        record, why = up_to_date(cfg, stage)
+        if why is None and record is not None:
+            out["states"][stage] = "Up to date"
+            out["reasons"][stage] = "inputs, parameters and code unchanged; outputs as recorded"
+            out[stage] = record.result
+            return
+        out["reasons"][stage] = why
+    else:
+        out["reasons"][stage] = "asked for"
+    key_parts = current_key(cfg, stage)
+    state = _TASKS[stage](cfg, parent_run_id, return_state=True)
+    out["states"][stage] = state.name
+    out[stage] = state.result()
+    record_stage(cfg, stage, key_parts, out[stage])
 
 
 def _worldnet_mean_km(cfg: PipelineConfig, protocol: str) -> float:

@@ -25,12 +25,24 @@ from typing import Any
 import mlflow
 import polars as pl
 from prefect import task
-from prefect.context import TaskRunContext
+from prefect.cache_policies import NO_CACHE
 from upath import UPath
 
 from tasks.per_shard import backbone_spec, extract_one_task, map_with_progress, require_shared_store, write_shards_mapped
 from tasks.retry import retry_unless_user_error
-from tasks.tracking import EXPERIMENT, file_hash, tracking_root
+from tasks.records import (
+    RECORDS,
+    StageRecord,
+    code_hash,
+    content_hash,
+    read_record,
+    record_path,
+    root_id,
+    stage_key,
+    why_stale,
+    write_record,
+)
+from tasks.tracking import EXPERIMENT, tracking_root
 from worldnet.catalog import Catalog
 from worldnet.data.debias import debias
 from worldnet.data.ingest import enforce_strict, ingest, reject_counts
@@ -47,7 +59,7 @@ from worldnet.evaluate import (
     train_classifier_step,
     train_interpolation_step,
 )
-from worldnet.features.extract import feature_frame, load_features, pending_shards, write_feature_frame
+from worldnet.features.extract import feature_frame, load_features, pending_shards, remove_orphans, write_feature_frame
 from worldnet.io import write_text_atomic
 from worldnet.models.predictor import load_classifier, load_worldnet, save_classifier, save_worldnet
 from worldnet.models.worldnet_model import HEAD_MODES, TrainConfig, WorldNet
@@ -146,61 +158,68 @@ def _io_paths(cfg: PipelineConfig, names: tuple[str, ...]) -> list[UPath]:
     return out
 
 
-def _fingerprint(path: UPath, raw: bool) -> str:
-    if not path.exists():
-        return "<missing>"
-    if raw and path.is_dir():  # raw inputs can be huge: names, sizes and mtimes, not bytes
-        h = hashlib.sha256()
-        for f in sorted(path.rglob("*"), key=str):
-            if f.is_file():
-                st = f.stat()
-                mtime = getattr(st, "st_mtime_ns", None) or getattr(st, "st_mtime", "")
-                h.update(f"{relative_to(f, path)}|{st.st_size}|{mtime}\n".encode())
-        return h.hexdigest()
-    return file_hash(path)
+#: The configuration fields each stage's result depends on: changing one reruns exactly the stages downstream of it.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "ingest": ("data_root", "dataset_kind", "strict"),
+    "debias": ("debias_strategy", "debias_cap", "debias_max_share", "debias_max_drop", "seed"),
+    "split": ("test_fraction", "val_fraction", "unseen_cities", "n_unseen", "seed"),
+    "shard": ("shard_size", "image_width", "image_height"),
+    "extract_features": ("backbone", "backbone_weights", "flat_features", "device"),
+    "cluster": ("cluster_strategy", "k", "seed", "protocols"),
+    "train_classifier": ("cluster_strategy", "seed", "protocols"),
+    "train_interpolation": ("cluster_strategy", "crossfit_weight_decay", "seed", "snap", "backbone", "protocols"),
+    "train_baselines": ("seed", "protocols"),
+    "evaluate": ("head_mode", "snap", "seed", "protocols"),
+    "report": ("head_mode", "protocols"),
+}
 
 
-def _digest(cfg: PipelineConfig, names: tuple[str, ...]) -> str:
-    cat = cfg.catalog()
-    h = hashlib.sha256()
-    for n in names:
-        raw = cat.entry(n).get("layer") == "raw" and n == "raw_images"
+def stage_inputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
+    """Content hash of every input of ``stage``, by catalog-relative path (raw photo folders: names, sizes, times)."""
+    ins, _ = STAGE_IO.get(stage, ((), ()))
+    root = cfg.catalog().root
+    out = {}
+    for n in ins:
         for p in _io_paths(cfg, (n,)):
-            h.update(url(p).encode())
-            h.update(_fingerprint(p, raw).encode())
-    return h.hexdigest()
+            key = "raw_images" if n == "raw_images" else _rel(p, root)
+            out[key] = content_hash(p, raw=n == "raw_images")
+    return out
 
 
-@lru_cache(maxsize=1)
-def library_digest() -> str:
-    """Hash of the ``worldnet`` library's source: a code change invalidates every stage's cache."""
-    import worldnet
-
-    h = hashlib.sha256()
-    for f in sorted(Path(worldnet.__file__).parent.rglob("*.py")):
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Cache on the input files' hashes, the config, the task's and the library's source.
-
-    Outputs are not part of the key (they do not exist before the first run);
-    the pipeline refreshes the cache of a stage whose outputs are missing, see
-    :func:`outputs_present`.
-    """
-    name = context.task.name
-    cfg: PipelineConfig = parameters["cfg"]
-    ins, _ = STAGE_IO.get(name, ((), ()))
-    src = inspect.getsource(context.task.fn)
-    conf = {k: v for k, v in asdict(cfg).items() if k != "progress"}
-    return hashlib.sha256("|".join([name, json.dumps(conf, sort_keys=True), src, library_digest(), _digest(cfg, ins)]).encode()).hexdigest()
-
-
-def outputs_present(cfg: PipelineConfig, stage: str) -> bool:
-    """Whether every output of ``stage`` is on disk (a cached result is only valid if so)."""
+def stage_outputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
+    """Content hash of every output of ``stage`` as it is on disk now."""
     _, outs = STAGE_IO.get(stage, ((), ()))
-    return all(p.exists() for p in _io_paths(cfg, outs))
+    root = cfg.catalog().root
+    return {_rel(p, root): content_hash(p) for p in _io_paths(cfg, outs)}
+
+
+def stage_params(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
+    conf = asdict(cfg)
+    return {k: conf[k] for k in STAGE_PARAMS.get(stage, ())}
+
+
+def current_key(cfg: PipelineConfig, stage: str) -> tuple[str, dict[str, str], dict[str, Any], str]:
+    """(key, input hashes, parameters, code hash) of ``stage`` as it would run now."""
+    inputs, params, code = stage_inputs(cfg, stage), stage_params(cfg, stage), code_hash(_STAGE_FN[stage])
+    return stage_key(inputs, params, code), inputs, params, code
+
+
+def up_to_date(cfg: PipelineConfig, stage: str) -> tuple[StageRecord | None, str | None]:
+    """(record, None) when the stage's record proves it up to date; else (record, why it must run)."""
+    record = read_record(cfg.catalog().root, stage)
+    key = current_key(cfg, stage)[0]
+    return record, why_stale(record, key, stage_outputs(cfg, stage), root_id(cfg.catalog().root))
+
+
+def record_stage(cfg: PipelineConfig, stage: str, key_parts: tuple[str, dict[str, str], dict[str, Any], str], result: Any) -> None:
+    """After ``stage`` succeeded: write its record beside its outputs, and log it to the stage's MLflow run."""
+    key, inputs, params, code = key_parts
+    cat = cfg.catalog()
+    run_id = LAST_RUN.get(stage, "")
+    rec = StageRecord(stage, key, inputs, params, code, stage_outputs(cfg, stage), root_id(cat.root), run_id, result, time.time())
+    path = write_record(cat.root, rec)
+    if run_id and cat.local:
+        mlflow.tracking.MlflowClient().log_artifact(run_id, str(local_path(path)), f"catalog/{RECORDS}")
 
 
 def _producers_file(cfg: PipelineConfig) -> UPath:
@@ -223,7 +242,7 @@ def _lineage(cfg: PipelineConfig, stage: str) -> None:
             if not p.exists():
                 continue
             key = _rel(p, root) if n != "raw_images" else "raw_images"
-            mlflow.set_tag(f"input.{key}.sha256", _fingerprint(p, n == "raw_images")[:16])
+            mlflow.set_tag(f"input.{key}.sha256", content_hash(p, raw=n == "raw_images")[:16])
             if key in producers:
                 mlflow.set_tag(f"input.{key}.run_id", producers[key])
 
@@ -261,65 +280,79 @@ def _log_outputs(cfg: PipelineConfig, stage: str, run_id: str) -> None:
     write_text_atomic(_producers_file(cfg), json.dumps(producers, indent=1, sort_keys=True))
 
 
-def restore_missing(cfg: PipelineConfig, stage: str, *, outputs: bool = False) -> list[str]:
-    """Download any missing input (and, if asked, output) of ``stage`` from the MLflow run that logged it.
+def restore_outputs(cfg: PipelineConfig, stage: str) -> list[str]:
+    """Download ``stage``'s missing outputs (and its record) from the MLflow run that made them here.
 
-    Restoring an upstream stage's outputs before its cache check lets Prefect
-    serve it from cache instead of recomputing what MLflow already holds.
+    Only a run tagged with this catalog root's id and this stage's current key
+    (inputs, parameters and code) qualifies, so an artifact of another root,
+    or of other inputs, is never restored. Runs before a stage's record
+    existed are ignored for the same reason.
 
     Returns:
-        The catalog-relative paths restored. Artifacts that no run logged stay
-        missing; the stage then reruns, or fails with an error naming the stage.
+        The catalog-relative paths restored. What no qualifying run logged
+        stays missing; the stage then reruns.
     """
-    ins, outs = STAGE_IO.get(stage, ((), ()))
-    ins = ins + outs if outputs else ins
     cat = cfg.catalog()
     if not cat.local:  # a remote root is the durable copy; MLflow holds none of it
         return []
+    _, outs = STAGE_IO.get(stage, ((), ()))
+    missing = [p for p in _io_paths(cfg, outs) if not p.exists()]
+    rec = record_path(cat.root, stage)
+    if not missing and rec.exists():
+        return []
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return []
+    key = current_key(cfg, stage)[0]
+    runs = mlflow.tracking.MlflowClient().search_runs(
+        [exp.experiment_id],
+        f"tags.`worldnet.root_id` = '{root_id(cat.root)}' and tags.`worldnet.key` = '{key}' and tags.stage = '{stage}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        return []
     root = local_path(cat.root)
     restored: list[str] = []
-    missing = [p for n in ins if n != "raw_images" for p in _io_paths(cfg, (n,)) if not p.exists()]
-    if not missing:
-        return restored
-    client = mlflow.tracking.MlflowClient()
-    exp = mlflow.get_experiment_by_name(EXPERIMENT)
-    for p in missing:
+    for p in [*missing, rec]:
         rel = _rel(p, cat.root)
-        runs = (
-            client.search_runs(
-                [exp.experiment_id], f"tags.`catalog.{rel}` = 'logged'", order_by=["attributes.start_time DESC"], max_results=5
-            )
-            if exp
-            else []
-        )
-        for run in runs:
-            with tempfile.TemporaryDirectory(dir=root) as tmp:
-                try:
-                    got = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"catalog/{rel}", dst_path=tmp))
-                except Exception:  # noqa: BLE001 - try the next run that logged it
-                    continue
-                dest = local_path(p)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(got, dest)  # same filesystem: atomic
-            restored.append(rel)
-            break
+        if p.exists():
+            continue
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            try:
+                got = Path(mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path=f"catalog/{rel}", dst_path=tmp))
+            except Exception:  # noqa: BLE001 - not logged (too large, or a remote root): the stage reruns
+                continue
+            dest = local_path(p)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(got, dest)  # same filesystem: atomic
+        restored.append(rel)
     return restored
 
 
+#: Prefect's own cache is off: whether a stage is up to date is decided by its record under the catalog root
+#: (:mod:`tasks.records`), which travels with the catalog to any machine and any ``PREFECT_HOME``.
 STAGE_TASK: dict[str, Any] = dict(
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=retry_unless_user_error,
-    cache_key_fn=stage_cache_key,
-    persist_result=True,
+    cache_policy=NO_CACHE,
+    persist_result=False,
 )
+
+
+#: MLflow run id of each stage's latest run in this process (its record names it).
+LAST_RUN: dict[str, str] = {}
 
 
 @contextmanager
 def _run(cfg: PipelineConfig, stage: str, parent_run_id: str | None) -> Iterator[mlflow.ActiveRun]:
     """A nested MLflow run for one stage: lineage tags first, outputs logged on success."""
     with mlflow.start_run(run_name=stage, nested=parent_run_id is not None, parent_run_id=parent_run_id) as run:
-        mlflow.set_tag("stage", stage)
+        mlflow.set_tags({"stage": stage, "worldnet.root_id": root_id(cfg.catalog().root)})
+        if stage in _STAGE_FN:  # register has no record: it always runs
+            mlflow.set_tag("worldnet.key", current_key(cfg, stage)[0])
+        LAST_RUN[stage] = run.info.run_id
         _lineage(cfg, stage)
         t = time.perf_counter()
         yield run
@@ -423,8 +456,9 @@ def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[
     with _run(cfg, "extract_features", parent_run_id):
         t = time.perf_counter()
         shards_dir, out_dir = cat.require("image_shards"), cat.path("feature_shards")
-        todo = pending_shards(shards_dir, out_dir)
         frame = shard_frame(shards_dir)
+        remove_orphans(shards_dir, out_dir)
+        todo = pending_shards(shards_dir, out_dir, backbone_spec(cfg.backbone, cfg.backbone_weights, frame), cfg.flat_features)
         done = map_with_progress(
             extract_one_task,
             todo,
@@ -574,3 +608,19 @@ def report_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[s
     with _run(cfg, "report", parent_run_id):
         paths = write_report(results, cat.path("report"))
         return {k: str(v) for k, v in paths.items()}
+
+
+#: Each stage's function, whose source is part of its key.
+_STAGE_FN: dict[str, Any] = {
+    "ingest": ingest_task.fn,
+    "debias": debias_task.fn,
+    "split": split_task.fn,
+    "shard": shard_task.fn,
+    "extract_features": extract_task.fn,
+    "cluster": cluster_task.fn,
+    "train_classifier": train_classifier_task.fn,
+    "train_interpolation": train_interpolation_task.fn,
+    "train_baselines": train_baselines_task.fn,
+    "evaluate": evaluate_task.fn,
+    "report": report_task.fn,
+}

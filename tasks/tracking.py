@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -43,11 +46,28 @@ def configure_mlflow(root: Path) -> str:
         _SET_BY_US.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        artifact_root = None if user else (root / "mlartifacts").resolve().as_uri()
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_root)
+    with _store_lock(None if user else root):
+        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+            artifact_root = None if user else (root / "mlartifacts").resolve().as_uri()
+            mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_root)
     mlflow.set_experiment(EXPERIMENT)
     return uri
+
+
+@contextmanager
+def _store_lock(root: Path | None) -> Iterator[None]:
+    """Serialise the first touch of a local SQLite store: MLflow creates and migrates its tables then,
+    and two processes doing it at once crash one of them (``table ... already exists``)."""
+    if root is None:
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".mlflow-store.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def registry_model_file(model: str, tracking_root: Path) -> Path:

@@ -6,6 +6,8 @@ Protocols (from the split table): ``seen`` — unseen images of seen cities;
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -289,8 +291,11 @@ def cross_validate(
     knn: int = 10,
     val_fraction: float = 0.1,
     seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> ProtocolResult:
     """Grouped k-fold: every model scored on out-of-fold predictions, pooled over folds.
+
+    ``progress(fold, n_folds, seconds)`` is called after each fold.
 
     Each fold's test rows share no group with its training rows (folds grouped
     by country = "images of unseen countries"). For small real samples, e.g.
@@ -302,6 +307,7 @@ def cross_validate(
     parts: list[pl.DataFrame] = []
     last: ProtocolResult | None = None
     for f in range(n_folds):
+        t0 = time.perf_counter()
         # like the main protocol: early-stop on held-out groups (10%) of the training folds
         val_groups = _pick_groups(groups[folds != f], val_fraction, seed + f)
         role = np.where(folds == f, "test", np.where(np.isin(groups, val_groups), "val", "train"))
@@ -311,6 +317,8 @@ def cross_validate(
             X, lab, "unseen", cluster_strategy=cluster_strategy, k=k_f, head_mode=head_mode, snap=snap, cfg=cfg, knn=knn, seed=seed
         )
         parts.append(last.predictions.with_columns(fold=pl.lit(f)))
+        if progress:
+            progress(f, n_folds, time.perf_counter() - t0)
     predictions = pl.concat(parts)
     wn, cents = (last.worldnet, last.centroids) if last else (None, None)
     return ProtocolResult("unseen", predictions, metrics_table(predictions, seed=seed), wn, cents)  # type: ignore[arg-type]

@@ -69,7 +69,7 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
     bad = CliRunner().invoke(app, ["predict", str(tmp_path / "nope.jpg"), "--root", cfg.root])
     assert bad.exit_code == 1
 
-    # rerun one stage: a deleted upstream artifact comes back from MLflow, upstream is Cached
+    # rerun one stage: a deleted upstream artifact comes back from MLflow, upstream is proven up to date
     lost = cat.path("baseline_predictions", protocol="seen")
     before = lost.read_bytes()
     lost.unlink()
@@ -78,7 +78,7 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
     assert lost.read_bytes() == before
     assert any(r.endswith("seen/baselines.parquet") for r in again["restored"])
     upstream = [s for s in STAGES[: STAGES.index("evaluate")]]
-    assert {again["states"][s] for s in upstream} == {"Cached"}, again["states"]
+    assert {again["states"][s] for s in upstream} == {"Up to date"}, again["states"]
     assert again["states"]["evaluate"] == "Completed"
     assert cat.load("metrics", protocol="seen").equals(metrics_before)
 

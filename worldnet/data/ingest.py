@@ -378,8 +378,27 @@ def _check_files(paths: list[str | None]) -> tuple[list[str | None], list[str | 
     return reasons, details
 
 
+def detect_kind(location: str | os.PathLike[str]) -> str:
+    """The dataset kind of ``location``: ``gsv_cities`` (a folder with Dataframes/), ``csv`` (a .csv file),
+    ``gsv_metadata`` (a .parquet file) or ``flat`` (any other folder).
+
+    Raises:
+        FileNotFoundError: ``location`` does not exist.
+    """
+    p = Path(location)
+    if p.is_dir():
+        return "gsv_cities" if (p / "Dataframes").is_dir() else "flat"
+    if p.suffix.lower() == ".csv":
+        return "csv"
+    if p.suffix.lower() == ".parquet":
+        return "gsv_metadata"
+    raise FileNotFoundError(f"{p} is neither a dataset folder nor a .csv/.parquet file: check --data-root")
+
+
 def ingest(kind: str, location: str | os.PathLike[str], *, check_files: bool = True) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Read and validate a dataset of the given kind; returns ``(manifest, rejects)``."""
+    """Read and validate a dataset of the given kind (``auto``: see :func:`detect_kind`); returns ``(manifest, rejects)``."""
+    if kind == "auto":
+        kind = detect_kind(location)
     readers = {
         "gsv_cities": read_gsv_cities,
         "gsv_metadata": read_gsv_metadata,

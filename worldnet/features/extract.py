@@ -77,10 +77,26 @@ def _feature_pair(out_dir: UPath, shard: UPath) -> tuple[UPath, UPath]:
     return out_dir / f"{stem}.npy", out_dir / f"{stem}.parquet"
 
 
-def _is_done(npy: UPath, index: UPath, n_rows: int) -> bool:
+def provenance(shard: UPath, spec: BackboneSpec, flat: bool = False) -> dict[str, object]:
+    """What a feature shard is made from: the image shard's checksum (from its sidecar) and the model's input.
+
+    A feature shard counts as done only when its recorded provenance equals
+    this, so features of a rewritten or re-framed image shard, or of another
+    input size, are never reused.
+    """
+    side = shard.with_suffix(".json")
+    source = json.loads(side.read_text()).get("sha256") if side.is_file() else None
+    return {"source_sha256": source, "backbone": spec.name, "input_size": list(spec.input_size), "flat": flat}
+
+
+def _is_done(npy: UPath, index: UPath, n_rows: int, prov: dict[str, object] | None = None) -> bool:
     if not (npy.is_file() and index.is_file()):
         return False
     try:
+        if prov is not None:
+            side = index.with_suffix(".json")
+            if not side.is_file() or json.loads(side.read_text()) != prov:
+                return False
         return read_parquet(index, columns=["image_id"]).height == n_rows and npy_rows(npy) == n_rows
     except Exception:  # noqa: BLE001 - an unreadable leftover is simply redone
         return False
@@ -100,15 +116,35 @@ def _select_shards(shards_dir: str | Path | UPath, only: list[str] | None) -> li
     return chosen
 
 
-def pending_shards(shards_dir: str | Path | UPath, out_dir: str | Path | UPath) -> list[str]:
-    """Names of the image shards whose feature shards are missing or incomplete (what a rerun would embed)."""
+def pending_shards(
+    shards_dir: str | Path | UPath, out_dir: str | Path | UPath, spec: BackboneSpec | None = None, flat: bool = False
+) -> list[str]:
+    """Names of the image shards whose feature shards are missing, incomplete, or made from something else.
+
+    With ``spec``, a feature shard whose provenance (see :func:`provenance`) differs is pending too.
+    """
     out = as_path(out_dir)
     pending = []
     for s in shard_paths(shards_dir):
         npy, idx = _feature_pair(out, s)
-        if not _is_done(npy, idx, read_parquet(s, columns=["image_id"]).height):
+        prov = provenance(s, spec, flat) if spec is not None else None
+        if not _is_done(npy, idx, read_parquet(s, columns=["image_id"]).height, prov):
             pending.append(s.name)
     return pending
+
+
+def remove_orphans(shards_dir: str | Path | UPath, out_dir: str | Path | UPath) -> list[str]:
+    """Delete feature shards whose image shard is gone (a smaller dataset cut fewer shards); returns their names.
+
+    Left in place they would be read back as part of the features.
+    """
+    live = {s.stem.replace("shard-", "feat-") for s in shard_paths(shards_dir)}
+    removed = []
+    for f in sorted_glob(out_dir, "feat-*"):
+        if f.name.split(".")[0] not in live:
+            f.unlink()
+            removed.append(f.name)
+    return removed
 
 
 def default_loader_workers(device: torch.device) -> int:
@@ -181,7 +217,7 @@ def extract_features(
     for s in shards:
         labels = read_parquet(s, columns=LABEL_COLUMNS)
         npy, idx = _feature_pair(out, s)
-        if not _is_done(npy, idx, labels.height):
+        if not _is_done(npy, idx, labels.height, provenance(s, backbone.spec, flat)):
             todo.append((s, labels))
     skipped = len(shards) - len(todo)
     if stop_after is not None:
@@ -204,7 +240,7 @@ def extract_features(
             bar.update(len(batch.ids))
             shard, labels = todo[batch.shard]
             if len(ids) == labels.height:
-                _write_feature_shard(out, shard, labels, ids, chunks)
+                _write_feature_shard(out, shard, labels, ids, chunks, provenance(shard, backbone.spec, flat))
                 del pending[batch.shard]
                 images += len(ids)
                 written += 1
@@ -214,16 +250,20 @@ def extract_features(
         raise RuntimeError(f"image shards {names} yielded fewer images than their index says; rerun the 'shard' stage")
     for shard, labels in todo:  # empty shards get no batch: write them so they count as done
         if labels.height == 0:
-            _write_feature_shard(out, shard, labels, [], [np.zeros((0, backbone.spec.dim), np.float16)])
+            _write_feature_shard(out, shard, labels, [], [np.zeros((0, backbone.spec.dim), np.float16)], provenance(shard, backbone.spec, flat))
     return ExtractResult(out, images, written, skipped, time.perf_counter() - t0)
 
 
-def _write_feature_shard(out: UPath, shard: UPath, labels: pl.DataFrame, ids: list[str], chunks: list[np.ndarray]) -> None:
+def _write_feature_shard(
+    out: UPath, shard: UPath, labels: pl.DataFrame, ids: list[str], chunks: list[np.ndarray], prov: dict[str, object]
+) -> None:
+    """The ``.npy``, then the provenance sidecar, then the ``.parquet`` index last: its presence marks the set complete."""
     if ids != labels["image_id"].to_list():
         raise RuntimeError(f"feature rows of {shard.name} are out of step with its image ids; rerun the stage")
     feats = np.concatenate(chunks)
     npy, idx = _feature_pair(out, shard)
     write_with_atomic(npy, lambda tmp: _save_npy(tmp, feats))
+    write_text_atomic(idx.with_suffix(".json"), json.dumps(prov))
     write_with_atomic(idx, lambda tmp: labels.write_parquet(tmp))
 
 
@@ -281,5 +321,6 @@ __all__ = [
     "extract_features",
     "load_features",
     "pending_shards",
+    "remove_orphans",
     "resolve_device",
 ]

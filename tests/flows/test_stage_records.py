@@ -1,0 +1,146 @@
+"""A cached stage is a proven one: stage records under the catalog root decide what reruns.
+
+Each test reproduces a scenario where the old cache (Prefect's, keyed on
+"the output file exists") served another run's data, and asserts the
+correct result.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.pipeline import pipeline
+from tasks.records import RootBusyError, root_lock
+from tasks.stages import STAGES, PipelineConfig
+from worldnet.data.synthetic import SynthConfig, generate
+
+MODEL_STAGES = ["cluster", "train_classifier", "train_interpolation", "train_baselines", "evaluate", "report"]
+
+
+def _world(path, cities, seed=0):
+    generate(SynthConfig(out=path, cities=cities, per_city=12, size=(64, 48), seed=seed), progress=False)
+    return path
+
+
+def _cfg(tmp_path, data, **kw) -> PipelineConfig:
+    return PipelineConfig(
+        data_root=str(data), root=str(tmp_path / "root"), backbone="tiny_random", n_unseen=1, shard_size=32, progress=False, **kw
+    )
+
+
+@pytest.fixture()
+def worlds(tmp_path):
+    d = _world(tmp_path / "d", ["Madrid", "PRS", "Bangkok", "Boston"])
+    d1 = _world(tmp_path / "d1", ["Melbourne", "Osaka", "Chicago", "Rome"], seed=1)
+    return d, d1
+
+
+def _cities(cfg: PipelineConfig) -> set[str]:
+    return set(cfg.catalog().load("predictions", protocol="seen")["city"].to_list())
+
+
+def test_a_fresh_prefect_home_reruns_nothing_and_one_parameter_reruns_exactly_its_downstream(tmp_path, worlds, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = _cfg(tmp_path, worlds[0])
+    with prefect_test_harness(server_startup_timeout=120):
+        pipeline(cfg)
+    metrics = cfg.catalog().load("metrics", protocol="seen")
+    # a second user: another Prefect database and home; only the catalog root is shared
+    monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(tmp_path / "other-prefect-storage"))
+    with prefect_test_harness(server_startup_timeout=120):
+        again = pipeline(cfg)
+        assert {again["states"][s] for s in STAGES if s != "register"} == {"Up to date"}, again["states"]
+        assert cfg.catalog().load("metrics", protocol="seen").equals(metrics)
+        # one parameter of the heads: the heads and everything downstream rerun, nothing upstream
+        cfg.crossfit_weight_decay = 10.0
+        changed = pipeline(cfg)
+    ran = {s for s, st in changed["states"].items() if st != "Up to date"}
+    assert ran == {"train_interpolation", "evaluate", "report", "register"}, changed["states"]
+    assert "parameters" in changed["reasons"]["train_interpolation"]
+
+
+def test_switching_data_roots_back_and_forth_never_serves_the_other_data(harness, tmp_path, worlds, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    d, d1 = worlds
+    first = pipeline(_cfg(tmp_path, d))
+    cities_d = _cities(_cfg(tmp_path, d))
+    pipeline(_cfg(tmp_path, d1))
+    assert _cities(_cfg(tmp_path, d1)).isdisjoint(cities_d)
+    third = pipeline(_cfg(tmp_path, d))
+    assert third["states"]["ingest"] != "Up to date"  # the old cache said Cached here and trained on d1
+    assert _cities(_cfg(tmp_path, d)) == cities_d
+    assert third["evaluate"]["seen"]["worldnet_mean_km"] == pytest.approx(first["evaluate"]["seen"]["worldnet_mean_km"])
+    # toggling the seed 0 -> 1 -> 0 gives run 1's result, not run 2's de-biased manifest
+    pipeline(_cfg(tmp_path, d, seed=1))
+    back = pipeline(_cfg(tmp_path, d, seed=0))
+    assert back["states"]["debias"] != "Up to date"
+    assert back["evaluate"]["seen"]["worldnet_mean_km"] == pytest.approx(first["evaluate"]["seen"]["worldnet_mean_km"])
+
+
+def test_only_restores_nothing_from_another_root_sharing_the_mlflow_store(harness, tmp_path, worlds, monkeypatch):
+    d, d1 = worlds
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'shared-mlflow.db'}")
+    a = PipelineConfig(data_root=str(d), root=str(tmp_path / "a"), backbone="tiny_random", n_unseen=1, progress=False)
+    b = PipelineConfig(data_root=str(d1), root=str(tmp_path / "b"), backbone="tiny_random", n_unseen=1, progress=False)
+    pipeline(b)
+    pipeline(a)  # the newest run logging every path is now root a's
+    lost = b.catalog().path("predictions", protocol="seen")
+    lost.unlink()
+    out = pipeline(b, only="report")
+    restored_or_rerun = out["restored"] or out["states"]["evaluate"] != "Up to date"
+    assert restored_or_rerun
+    assert _cities(b) == set(b.catalog().load("manifest_raw")["city"].to_list()) & _cities(b)
+    assert _cities(b).isdisjoint(_cities(a))
+
+
+def _hold_lock(root: str, tracking: str) -> None:  # pragma: no cover - runs in a child process
+    from upath import UPath
+
+    with root_lock(UPath(root), __import__("pathlib").Path(tracking)):
+        time.sleep(600)
+
+
+def test_a_second_run_on_one_root_is_refused_and_a_killed_run_frees_the_root(tmp_path, worlds):
+    cfg = _cfg(tmp_path, worlds[0])
+    root = cfg.catalog().root
+    ctx = mp.get_context("spawn")
+    holder = ctx.Process(target=_hold_lock, args=(str(root), str(cfg.tracking_root())))
+    holder.start()
+    deadline = time.monotonic() + 30
+    while not (root / ".lock").exists() or "pid" not in (root / ".lock").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    t = time.monotonic()
+    with pytest.raises(RootBusyError, match="in use by worldnet run pid") as err, root_lock(root, cfg.tracking_root(), wait_s=1.0):
+        pass
+    assert "--wait-lock" in str(err.value)
+    assert time.monotonic() - t < 5
+    os.kill(holder.pid, signal.SIGKILL)  # a killed run leaves no stuck lock
+    holder.join()
+    with root_lock(root, cfg.tracking_root(), wait_s=5.0):
+        pass
+
+
+def test_two_processes_creating_a_fresh_mlflow_store_both_succeed(tmp_path):
+    code = (
+        "import sys; from pathlib import Path; from tasks.tracking import configure_mlflow; "
+        "configure_mlflow(Path(sys.argv[1])); print('ok')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "store")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e.decode()[-500:] for _, e in outs]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    assert mlflow.get_experiment_by_name("worldnet") is not None
