@@ -68,7 +68,7 @@ def test_killed_extraction_resumes_to_identical_feature_shards(shards, tmp_path)
         """
     )
     a = assert_kill_and_rerun_identical(script, tmp_path, kill_after=2, pattern="feat-*")
-    assert len(a) == 2 * len(list(shards_dir.glob("shard-*.parquet")))
+    assert len(a) == 3 * len(list(shards_dir.glob("shard-*.parquet")))  # .npy, provenance .json, .parquet index
 
 
 def test_rerun_skips_complete_shards(shards, tmp_path):
