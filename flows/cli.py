@@ -156,7 +156,13 @@ def run(
     ] = "auto",
     backbone: Annotated[str, typer.Option(help="Feature backbone (efficientnet_lite0, vgg19, tiny_random, ...).")] = "efficientnet_lite0",
     weights: Annotated[str | None, typer.Option(help="Weights file for backbones you supply (vgg19).")] = None,
-    head_mode: Annotated[str, typer.Option(help="Interpolation head training: in_sample (paper) or crossfit.")] = "in_sample",
+    head_mode: Annotated[
+        str,
+        typer.Option(
+            help="Head reported as worldNET: auto (crossfit on seen cities, whose folds hold out places; in_sample on unseen "
+            "cities; see docs/method.md), in_sample (the paper's) or crossfit. Both heads are always trained and printed."
+        ),
+    ] = "auto",
     crossfit_weight_decay: Annotated[float | None, typer.Option(help=CROSSFIT_DECAY_HELP)] = None,
     cluster: Annotated[str, typer.Option(help="Clustering: city (paper) or kmeans.")] = "city",
     k: Annotated[int, typer.Option(help="Clusters for kmeans.")] = 23,
@@ -198,10 +204,12 @@ def run(
     extract_features stages map one task per shard, onto Dask workers with --task-runner dask.
     """
     from worldnet.data.debias import check_debias_options
+    from worldnet.evaluate import resolve_head_mode
 
     width, height = _parse_size(image_size)
     try:
         check_debias_options(debias, cap=debias_cap, max_share=debias_max_share, max_drop=debias_max_drop)
+        resolve_head_mode(head_mode, "seen")
     except ValueError as exc:
         raise _fail(str(exc)) from None
     if only is None and from_stage is None and not data_root.exists():
@@ -260,7 +268,7 @@ def demo(
     if not (data / "Dataframes").is_dir():
         typer.echo(f"generating the synthetic GSV-Cities world in {data} ...")
         generate(SynthConfig(out=data, per_city=per_city))
-    cfg = _config(data, root, backbone, None, "gsv_cities", False, "in_sample", "city", 23, 0, None)
+    cfg = _config(data, root, backbone, None, "gsv_cities", False, "auto", "city", 23, 0, None)
     result = pipeline(cfg)
     _print_results(result, root)
     stage_total = sum(result.get("timings", {}).values())
@@ -271,7 +279,9 @@ def demo(
 @app.command()
 def cv(
     data_root: Annotated[Path, typer.Option(help="Dataset to cross-validate (e.g. ../shared/data/osv5m_sample/metadata.csv).")],
-    dataset_kind: Annotated[str, typer.Option(help="auto (a folder with Dataframes/ is gsv_cities, a .csv is csv) | gsv_cities | flat | csv")] = "auto",
+    dataset_kind: Annotated[
+        str, typer.Option(help="auto (a folder with Dataframes/ is gsv_cities, a .csv is csv) | gsv_cities | flat | csv")
+    ] = "auto",
     root: Annotated[Path, typer.Option(help="Catalog root for this run's shards and features.")] = Path(".worldnet/cv"),
     folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
     group: Annotated[str, typer.Option(help="Keep each country or city in one fold: country | city.")] = "country",

@@ -15,16 +15,17 @@ from typing import Any
 import mlflow
 from prefect import flow
 
+from tasks.records import root_lock
 from tasks.registry import register_task
 from tasks.stages import (
     STAGES,
     PipelineConfig,
     cluster_task,
+    current_key,
     debias_task,
     evaluate_task,
     extract_task,
     ingest_task,
-    current_key,
     record_stage,
     report_task,
     restore_outputs,
@@ -35,7 +36,6 @@ from tasks.stages import (
     train_interpolation_task,
     up_to_date,
 )
-from tasks.records import root_lock
 from tasks.tracking import configure_mlflow
 
 _TASKS = {

@@ -19,9 +19,9 @@ from tasks.per_shard import map_with_progress, predict_one_task, require_shared_
 from tasks.tracking import registry_model_file, tracking_root
 from worldnet.catalog import Catalog
 from worldnet.data.shards import ShardSpec
-from worldnet.models.predictor import load_worldnet
 from worldnet.io import write_bytes_atomic
 from worldnet.models.batch import collect_predictions, photo_table
+from worldnet.models.predictor import load_worldnet
 from worldnet.storage import as_path
 
 

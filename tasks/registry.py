@@ -20,6 +20,7 @@ from prefect import task
 
 from tasks.stages import PipelineConfig, _run
 from tasks.tracking import MODEL_NAME, file_hash
+from worldnet.evaluate import resolve_head_mode
 from worldnet.storage import local_copy
 
 PIP_REQUIREMENTS = ["worldnet", "torch==2.14.1", "torchvision==0.29.1", "timm", "polars", "shapely>=2", "geopandas>=1"]
@@ -65,7 +66,7 @@ def _current_champion_scores(client: MlflowClient) -> dict[str, Any] | None:
 def register_task(cfg: PipelineConfig, scores: dict[str, float], parent_run_id: str | None = None) -> dict[str, Any]:
     """Log + register the seen-protocol predictor; set challenger, maybe champion."""
     cat = cfg.catalog()
-    model_file = cat.require("worldnet_model", protocol="seen", mode=cfg.head_mode)
+    model_file = cat.require("worldnet_model", protocol="seen", mode=resolve_head_mode(cfg.head_mode, "seen"))
     client = MlflowClient()
     split_hash = file_hash(cat.require("splits"))
     with _run(cfg, "register", parent_run_id) as run, local_copy(model_file) as local_model:

@@ -9,8 +9,6 @@ differently in every process.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
 import os
 import tempfile
@@ -18,7 +16,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,6 @@ from prefect.cache_policies import NO_CACHE
 from upath import UPath
 
 from tasks.per_shard import backbone_spec, extract_one_task, map_with_progress, require_shared_store, write_shards_mapped
-from tasks.retry import retry_unless_user_error
 from tasks.records import (
     RECORDS,
     StageRecord,
@@ -42,6 +38,7 @@ from tasks.records import (
     why_stale,
     write_record,
 )
+from tasks.retry import retry_unless_user_error
 from tasks.tracking import EXPERIMENT, tracking_root
 from worldnet.catalog import Catalog
 from worldnet.data.debias import debias
@@ -55,6 +52,7 @@ from worldnet.evaluate import (
     evaluate_step,
     other_head_mode,
     protocol_data,
+    resolve_head_mode,
     train_baselines_step,
     train_classifier_step,
     train_interpolation_step,
@@ -64,7 +62,7 @@ from worldnet.io import write_text_atomic
 from worldnet.models.predictor import load_classifier, load_worldnet, save_classifier, save_worldnet
 from worldnet.models.worldnet_model import HEAD_MODES, TrainConfig, WorldNet
 from worldnet.report import paper_table, write_report
-from worldnet.storage import local_path, relative_to, url
+from worldnet.storage import local_path, relative_to
 
 STAGES = (
     "ingest",
@@ -127,7 +125,7 @@ class PipelineConfig:
     device: str = "auto"
     cluster_strategy: str = "city"
     k: int = 23
-    head_mode: str = "in_sample"
+    head_mode: str = "auto"
     crossfit_weight_decay: float = TrainConfig.crossfit_weight_decay
     snap: bool = True
     seed: int = 0
@@ -435,7 +433,7 @@ def shard_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[st
     require_shared_store(cfg.root, "shard")
     with _run(cfg, "shard", parent_run_id):
         table = cat.load("manifest_debiased").join(cat.load("splits"), on="image_id")
-        width, height = (cfg.image_width, cfg.image_height) or (0, 0)
+        width, height = cfg.image_width, cfg.image_height
         if width == 0:
             width, height = infer_frame(table["path"].to_list(), cfg.image_height)
         spec = ShardSpec(cfg.shard_size, width, height)
@@ -558,9 +556,10 @@ def train_baselines_task(cfg: PipelineConfig, parent_run_id: str | None = None) 
 def _load_worldnets(cfg: PipelineConfig, proto: str) -> dict[str, WorldNet]:
     """The reported head mode as ``worldNET``, and the other mode under its own label."""
     cat = cfg.catalog()
-    other, other_label = other_head_mode(cfg.head_mode)
+    mode = resolve_head_mode(cfg.head_mode, proto)
+    other, other_label = other_head_mode(mode)
     return {
-        "worldNET": load_worldnet(cat.require("worldnet_model", protocol=proto, mode=cfg.head_mode))[0],
+        "worldNET": load_worldnet(cat.require("worldnet_model", protocol=proto, mode=mode))[0],
         other_label: load_worldnet(cat.require("worldnet_model", protocol=proto, mode=other))[0],
     }
 
@@ -601,7 +600,7 @@ def report_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[s
     cat = cfg.catalog()
     results = []
     for proto in cfg.protocols:
-        wn, _, _ = load_worldnet(cat.require("worldnet_model", protocol=proto, mode=cfg.head_mode))
+        wn, _, _ = load_worldnet(cat.require("worldnet_model", protocol=proto, mode=resolve_head_mode(cfg.head_mode, proto)))
         notes = json.loads(cat.require("evaluation_summary", protocol=proto).read_text())
         preds, metrics, centroids = (cat.load(n, protocol=proto) for n in ("predictions", "metrics", "centroids"))
         results.append(ProtocolResult(proto, preds, metrics, wn, centroids, notes["snap"], notes["classifier"]))

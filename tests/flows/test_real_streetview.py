@@ -41,9 +41,7 @@ def test_worldnet_beats_the_mean_model_on_unseen_places_of_real_cells(harness, s
     src = shared_data / "gsv_uswest"
     cells = sorted(p.stem for p in (src / "Dataframes").glob("*.csv"))[::3]  # 12 of the 34 cells, spread over the region
     _link_subset(src, tmp_path / "uswest", cells)
-    cfg = PipelineConfig(
-        data_root=str(tmp_path / "uswest"), root=str(tmp_path / "root"), head_mode="crossfit", progress=False, n_unseen=2
-    )
+    cfg = PipelineConfig(data_root=str(tmp_path / "uswest"), root=str(tmp_path / "root"), head_mode="crossfit", progress=False, n_unseen=2)
     out = pipeline(cfg, stages=list(STAGES[: STAGES.index("evaluate") + 1]))
     assert out["debias"]["rows"] == out["ingest"]["rows"] > 500  # one continent: de-biasing keeps every photo
     m = cfg.catalog().load("metrics", protocol="seen")

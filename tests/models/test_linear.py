@@ -35,7 +35,7 @@ def test_linear_classifier_learns_and_round_trips(tmp_path):
     k, n = 5, 400
     y = rng.integers(0, k, n)
     X = (rng.normal(size=(k, 32))[y] * 2 + rng.normal(size=(n, 32))).astype(np.float32)
-    fit = fit_classifier(X[:300], y[:300], X[300:], y[300:], k, TrainConfig(seed=0))
+    fit = fit_classifier(X[:300], y[:300], X[300:], y[300:], k, TrainConfig(seed=0, classifier="linear"))
     assert fit.classifier.kind == "linear"
     assert fit.metrics["val_accuracy"] > 0.9
     save_classifier(fit, tmp_path / "clf.pt")

@@ -75,7 +75,10 @@ class DebiasSummary:
     def metrics(self) -> dict[str, float]:
         """Kept and dropped per continent and city, as flat metric names (for MLflow)."""
         out: dict[str, float] = {"rows_before": float(sum(self.before_city.values())), "rows_after": float(self.kept)}
-        for scope, before, after in (("continent", self.before_continent, self.after_continent), ("city", self.before_city, self.after_city)):
+        for scope, before, after in (
+            ("continent", self.before_continent, self.after_continent),
+            ("city", self.before_city, self.after_city),
+        ):
             for k, n in before.items():
                 key = "".join(c if c.isalnum() else "_" for c in k)
                 out[f"kept.{scope}.{key}"] = float(after.get(k, 0))

@@ -250,7 +250,9 @@ def extract_features(
         raise RuntimeError(f"image shards {names} yielded fewer images than their index says; rerun the 'shard' stage")
     for shard, labels in todo:  # empty shards get no batch: write them so they count as done
         if labels.height == 0:
-            _write_feature_shard(out, shard, labels, [], [np.zeros((0, backbone.spec.dim), np.float16)], provenance(shard, backbone.spec, flat))
+            _write_feature_shard(
+                out, shard, labels, [], [np.zeros((0, backbone.spec.dim), np.float16)], provenance(shard, backbone.spec, flat)
+            )
     return ExtractResult(out, images, written, skipped, time.perf_counter() - t0)
 
 

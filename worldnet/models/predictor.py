@@ -47,9 +47,10 @@ def save_worldnet(
     ``frame`` (width, height) is how its training photos were framed; photos
     given to the predictor are framed the same way (None: the 4:3 default).
     """
-    blob = {
+    framed = frame or wn.frame
+    blob: dict[str, object] = {
         "backbone": backbone,
-        "frame": list(frame or wn.frame) if (frame or wn.frame) else None,
+        "frame": list(framed) if framed else None,
         "snap": snap,
         "mode": wn.mode,
         "mean": torch.from_numpy(wn.standardiser.mean),

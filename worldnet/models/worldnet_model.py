@@ -53,8 +53,8 @@ CLASSIFIERS = ("linear", "mlp")
 class TrainConfig:
     """Hyper-parameters shared by the worldNET parts (defaults suit ~2k images on CPU)."""
 
-    #: ``linear`` (PCA whitening + softmax regression, L-BFGS) or ``mlp`` (the paper's).
-    classifier: str = "linear"
+    #: ``mlp`` (the paper's, on haversine-smoothed targets) or ``linear`` (PCA whitening + softmax regression, L-BFGS).
+    classifier: str = "mlp"
     #: linear: principal components kept, L2 strength, and the haversine smoothing of targets (km; 0 = one-hot).
     pca_dim: int = 128
     l2: float = 1e-2
@@ -66,6 +66,10 @@ class TrainConfig:
     max_epochs: int = 60
     patience: int = 10
     batch_size: int = 64
+    #: mlp: the batch grows with the data so that an epoch is at most this many steps.
+    max_steps_per_epoch: int = 100
+    #: mlp: train on the haversine-smoothed targets (else one-hot with label smoothing 0.05).
+    mlp_soft_targets: bool = True
     head_hidden: int = 128
     head_lr: float = 3e-3
     head_epochs: int = 150
@@ -109,9 +113,7 @@ class CentroidClassifier(nn.Module):
         if kind == "linear":
             self.net = nn.Sequential(nn.Identity(), nn.Linear(dim, hidden), nn.Identity(), nn.Identity(), nn.Linear(hidden, k))
         else:
-            self.net = nn.Sequential(
-                nn.Dropout(dropout / 2), nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, k)
-            )
+            self.net = nn.Sequential(nn.Dropout(dropout / 2), nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)
@@ -134,7 +136,9 @@ class InterpolationHead(nn.Module):
 
     def weights(self, probs: torch.Tensor) -> torch.Tensor:
         """Softmax weights over centroids; starts close to the classifier's own distribution."""
-        logits = self.mlp(probs) + torch.log(probs.clamp_min(1e-8)) * self.temperature
+        # a negative temperature would mean "trust what the classifier rules out": on crossfit rows, whose
+        # own city the fold classifier never saw, that fits the training rows and fails on every test photo
+        logits = self.mlp(probs) + torch.log(probs.clamp_min(1e-8)) * self.temperature.clamp_min(0.0)
         return torch.softmax(logits, dim=-1)
 
     def forward(self, probs: torch.Tensor) -> torch.Tensor:
@@ -168,22 +172,31 @@ def train_classifier(
             return _train_linear(X, y, X_val, y_val, k, cfg, targets)
         if cfg.classifier != "mlp":
             raise ValueError(f"unknown classifier {cfg.classifier!r}; choose one of {', '.join(CLASSIFIERS)}")
-        return _train_mlp(X, y, X_val, y_val, k, cfg)
+        return _train_mlp(X, y, X_val, y_val, k, cfg, targets if cfg.mlp_soft_targets else None)
 
 
 def _train_linear(
-    X: torch.Tensor, y: np.ndarray, X_val: torch.Tensor | None, y_val: np.ndarray | None, k: int, cfg: TrainConfig, targets: np.ndarray | None
+    X: torch.Tensor,
+    y: np.ndarray,
+    X_val: torch.Tensor | None,
+    y_val: np.ndarray | None,
+    k: int,
+    cfg: TrainConfig,
+    targets: np.ndarray | None,
 ) -> tuple[CentroidClassifier, dict[str, float]]:
     proj, p = whitening(X, cfg.pca_dim)
     Z = X @ proj
     T = torch.from_numpy(targets if targets is not None else smoothed_targets(np.zeros((len(y), 2)), np.zeros((k, 2)), y, 0.0))
     W, b = fit_softmax(Z, T, cfg.l2)
     model = CentroidClassifier(X.shape[1], k, p, kind="linear")
+    whiten, out = model.net[1], model.net[4]
+    if not (isinstance(whiten, nn.Linear) and isinstance(out, nn.Linear)):
+        raise TypeError("the linear classifier's layout changed: net[1] and net[4] must be Linear")
     with torch.no_grad():
-        model.net[1].weight.copy_(proj.T)
-        model.net[1].bias.zero_()
-        model.net[4].weight.copy_(W.T)
-        model.net[4].bias.copy_(b)
+        whiten.weight.copy_(proj.T)
+        whiten.bias.zero_()
+        out.weight.copy_(W.T)
+        out.bias.copy_(b)
     model.eval()
     metrics = {"best_epoch": 0.0, "val_accuracy": 0.0}
     if X_val is not None and y_val is not None and len(y_val):
@@ -192,21 +205,42 @@ def _train_linear(
     return model, metrics
 
 
+def mlp_batch_size(n: int, cfg: TrainConfig) -> int:
+    """``cfg.batch_size``, grown so that an epoch is at most ``cfg.max_steps_per_epoch`` steps.
+
+    Training cost then grows linearly with the rows instead of faster, and a
+    busy machine is not asked for thousands of tiny steps.
+    """
+    return max(cfg.batch_size, -(-n // cfg.max_steps_per_epoch))
+
+
 def _train_mlp(
-    X: torch.Tensor, y: np.ndarray, X_val: torch.Tensor | None, y_val: np.ndarray | None, k: int, cfg: TrainConfig
+    X: torch.Tensor,
+    y: np.ndarray,
+    X_val: torch.Tensor | None,
+    y_val: np.ndarray | None,
+    k: int,
+    cfg: TrainConfig,
+    targets: np.ndarray | None = None,
 ) -> tuple[CentroidClassifier, dict[str, float]]:
-    """The paper's classifier: Adam + cross-entropy, keeping the best validation epoch."""
+    """The paper's classifier: AdamW + cross-entropy (on soft ``targets`` when given), keeping the best validation epoch."""
     torch.manual_seed(cfg.seed)
     model = CentroidClassifier(X.shape[1], k, cfg.hidden, cfg.dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    soft = torch.from_numpy(targets) if targets is not None else None
     g = torch.Generator().manual_seed(cfg.seed)
     best_acc, best_state, best_epoch, bad = -1.0, copy.deepcopy(model.state_dict()), 0, 0
     for epoch in range(cfg.max_epochs):
         model.train()
-        for idx in torch.randperm(len(X), generator=g).split(cfg.batch_size):
+        for idx in torch.randperm(len(X), generator=g).split(mlp_batch_size(len(X), cfg)):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(X[idx]), yt[idx], label_smoothing=0.05).backward()
+            logits = model(X[idx])
+            if soft is not None:
+                loss = nn.functional.cross_entropy(logits, soft[idx])
+            else:
+                loss = nn.functional.cross_entropy(logits, yt[idx], label_smoothing=0.05)
+            loss.backward()
             opt.step()
         if X_val is None or y_val is None or len(y_val) == 0:
             best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
@@ -405,7 +439,7 @@ def fit_interpolation(
     k = len(centroids_latlon)
     Xt = fit.standardiser(X_train)
     if mode == "crossfit":
-        targets = classifier_targets(latlon_train, centroids_latlon, y_train, cfg) if cfg.classifier == "linear" else None
+        targets = classifier_targets(latlon_train, centroids_latlon, y_train, cfg)
         probs, weight_decay = crossfit_probs(Xt, y_train, groups_train, k, cfg, targets), cfg.crossfit_weight_decay
     else:
         probs, weight_decay = predict_proba(fit.classifier, Xt), cfg.head_weight_decay
