@@ -70,10 +70,10 @@ def make_features(n: int, dim: int = 1280, cells: int = 40, seed: int = 0) -> tu
     return X, labels
 
 
-def time_stages(X: np.ndarray, labels: pl.DataFrame) -> dict[str, float]:
+def time_stages(X: np.ndarray, labels: pl.DataFrame, classifier: str) -> dict[str, float]:
     """Seconds per model stage on the ``seen`` protocol of this data."""
     out: dict[str, float] = {}
-    cfg = TrainConfig(seed=0)
+    cfg = TrainConfig(seed=0, classifier=classifier)
     t = time.perf_counter()
     data = protocol_data(X, labels, "seen")
     centroids = cluster_step(data, "city")
@@ -108,6 +108,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000, 200000])
     ap.add_argument("--busy-sizes", type=int, nargs="*", default=[2000, 20000])
+    ap.add_argument("--classifier", default=TrainConfig.classifier, help="mlp (the default) or linear")
     args = ap.parse_args()
     rows: list[dict[str, object]] = []
     for n in args.sizes:
@@ -116,7 +117,7 @@ def main() -> None:
             print(f"{n:,} rows, {condition} ...", flush=True)
             proc = busy_process() if condition == "busy" else None
             try:
-                secs = time_stages(X, labels)
+                secs = time_stages(X, labels, args.classifier)
             finally:
                 if proc:
                     proc.kill()
@@ -125,7 +126,7 @@ def main() -> None:
             print("    " + ", ".join(f"{k} {v:.1f}s" for k, v in secs.items()), flush=True)
         del X, labels
     table = pl.DataFrame(rows)
-    print("\nseconds per stage")
+    print(f"\nseconds per stage (classifier: {args.classifier})")
     print(f"{'rows':>8} {'condition':>9} " + " ".join(f"{s:>10}" for s in (*STAGES, "total")))
     for r in rows:
         print(f"{r['rows']:>8,} {r['condition']:>9} " + " ".join(f"{float(r[s]):>10.1f}" for s in (*STAGES, "total")))  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ whole pipeline under Prefect with MLflow tracking, and prints the paper's table.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -93,6 +94,24 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from worldnet.features.backbones import WeightsNotFoundError
 
     return (ValueError, FileNotFoundError, WeightsNotFoundError, KeyError, RootBusyError)
+
+
+class _HideUserErrorTracebacks(logging.Filter):
+    """Drop Prefect's log records of a user error: the CLI prints that error as one line (``--debug`` keeps them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and isinstance(exc, _user_errors()):
+            return False
+        # "Finished in state Failed(...)": the same error again; the CLI prints it (and a crash still has its traceback)
+        return not (record.levelno >= logging.ERROR and "Finished in state Failed" in record.getMessage())
+
+
+def _quiet_prefect_user_errors() -> None:
+    for name in ("prefect", "prefect.task_runs", "prefect.flow_runs", "prefect.flow_engine", "prefect.task_engine"):
+        logging.getLogger(name).addFilter(_HideUserErrorTracebacks())
+    for handler in logging.getLogger("prefect").handlers + logging.getLogger().handlers:
+        handler.addFilter(_HideUserErrorTracebacks())
 
 
 def _fail(message: str) -> typer.Exit:
@@ -244,6 +263,8 @@ def run(
     cfg.device = device
     if crossfit_weight_decay is not None:
         cfg.crossfit_weight_decay = crossfit_weight_decay
+    if not debug:
+        _quiet_prefect_user_errors()
     try:
         result = run_pipeline(cfg, task_runner=runner, from_stage=from_stage, only=only, wait_lock=wait_lock)
     except _user_errors() as exc:

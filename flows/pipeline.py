@@ -148,6 +148,10 @@ def pipeline(
                 else:
                     _run_or_skip(cfg, stage, pid, force=stage == forced, out=out)
                 out["timings"][stage] = time.perf_counter() - t
+                if cfg.progress:
+                    why = out["reasons"].get(stage)
+                    note = "up to date" if out["states"][stage] == "Up to date" else f"ran: {why}" if why else "ran"
+                    print(f"[{len(out['timings'])}/{len(checks) + len(todo)}] {stage} {out['timings'][stage]:.1f}s ({note})", flush=True)
             mlflow.log_metrics({f"seconds_{k}": v for k, v in out["timings"].items()})
             mlflow.set_tags({f"state.{k}": v for k, v in out["states"].items()})
             if out["restored"]:

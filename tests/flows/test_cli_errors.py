@@ -1,0 +1,42 @@
+"""User errors from `worldnet run`: one line that says what to do, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from typer.testing import CliRunner
+
+from flows.cli import app
+from worldnet.data.synthetic import SynthConfig, generate
+
+
+def test_a_debias_that_would_drop_most_photos_is_one_line_and_exit_2(tmp_path):
+    data = tmp_path / "europe-heavy"
+    cities = ["Madrid", "PRS", "Rome", "Lisbon", "Boston"]  # four European cities and one American: balancing drops most
+    generate(SynthConfig(out=data, cities=cities, per_city=16, size=(48, 36), eurocentric=False), progress=False)
+    args = ["run", "--data-root", str(data), "--root", str(tmp_path / "root"), "--backbone", "tiny_random"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    # the real command, so that what Prefect's own log handlers print is seen too
+    res = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True, text=True, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out
+    assert "Traceback" not in out and "Failed(" not in out
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "--debias-max-drop" in errors[0] and "--debias none" in errors[0]
+    ok = subprocess.run([sys.executable, "-m", "flows.cli", *args, "--debias", "none", "--only", "debias"], env=env, capture_output=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+
+
+def test_bad_debias_options_are_refused_before_anything_starts(tmp_path):
+    t = time.perf_counter()
+    res = CliRunner().invoke(app, ["run", "--data-root", str(tmp_path), "--debias", "balance"])
+    assert res.exit_code == 2
+    assert "unknown de-bias strategy 'balance'" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["run", "--data-root", str(tmp_path / "absent")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = CliRunner().invoke(app, ["run", "--data-root", str(tmp_path), "--head-mode", "best"])
+    assert res.exit_code == 2 and "unknown head mode" in res.output
+    assert time.perf_counter() - t < 10  # answered before Prefect or MLflow start
