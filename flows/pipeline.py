@@ -15,6 +15,7 @@ from typing import Any
 import mlflow
 from prefect import flow
 
+from flows.runners import make_task_runner
 from tasks.records import root_lock
 from tasks.registry import register_task
 from tasks.stages import (
@@ -186,10 +187,33 @@ def _worldnet_mean_km(cfg: PipelineConfig, protocol: str) -> float:
     return float(m.filter(pl.col("model") == "worldNET")["mean_km"][0])
 
 
+@flow(name="worldnet-scheduled")
+def scheduled_pipeline(
+    cfg: PipelineConfig | None = None,
+    task_runner: str = "threads",
+    dask_address: str | None = None,
+    dask_workers: int | None = None,
+    stages: list[str] | None = None,
+    from_stage: str | None = None,
+    only: str | None = None,
+) -> dict[str, Any]:
+    """The pipeline for deployments: ``task_runner`` (``threads``, or ``dask`` with ``dask_address`` of an
+    existing scheduler or ``dask_workers`` of a LocalCluster) is a parameter, so a scheduled run can use Dask.
+
+    A flow's task runner is fixed when the flow is built, so this flow builds
+    the runner from its parameters and runs :func:`pipeline` on it as a subflow.
+    """
+    runner = make_task_runner(task_runner, dask_address=dask_address, dask_workers=dask_workers)
+    return run_pipeline(cfg or PipelineConfig(), task_runner=runner, stages=stages, from_stage=from_stage, only=only)
+
+
 def _stage_flow(stage: str):  # noqa: ANN202 - builds one small flow per stage
     @flow(name=f"worldnet-{stage}".replace("_", "-"))
-    def stage_flow(cfg: PipelineConfig | None = None) -> dict[str, Any]:
-        return pipeline.fn(cfg or PipelineConfig(), only=stage)
+    def stage_flow(
+        cfg: PipelineConfig | None = None, task_runner: str = "threads", dask_address: str | None = None, dask_workers: int | None = None
+    ) -> dict[str, Any]:
+        runner = make_task_runner(task_runner, dask_address=dask_address, dask_workers=dask_workers)
+        return run_pipeline(cfg or PipelineConfig(), task_runner=runner, only=stage)
 
     return stage_flow
 

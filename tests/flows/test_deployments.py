@@ -108,6 +108,25 @@ def test_real_server_deploys_and_runs_a_stage_deployment(tmp_path):
         assert run.returncode == 0, run.stdout + run.stderr
         assert "Completed" in run.stdout, run.stdout
         assert (tmp_path / "root" / "01_raw" / "manifest.parquet").is_file()
+
+        # a deployment parameter puts the per-shard tasks on Dask (here a 1-worker LocalCluster)
+        on_dask = {**params, "task_runner": "dask", "dask_workers": 1}
+        run = _prefect(
+            env,
+            "deployment",
+            "run",
+            "worldnet-shard/shard",
+            "--params",
+            json.dumps(on_dask),
+            "--watch",
+            "--watch-timeout",
+            "300",
+            timeout=360,
+            check=False,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "Completed" in run.stdout, run.stdout
+        assert list((tmp_path / "root" / "02_intermediate" / "shards").glob("shard-*.parquet"))
     finally:
         for p in (worker, server):
             if p is not None:

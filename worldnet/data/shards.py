@@ -33,7 +33,7 @@ from upath import UPath
 from worldnet.data.schema import rejects_frame
 from worldnet.io import atomic_path, write_text_atomic
 from worldnet.parallel import process_pool
-from worldnet.storage import as_path, open_input, read_parquet, shared_across_processes, sorted_glob
+from worldnet.storage import as_path, is_local, open_input, read_parquet, shared_across_processes, sorted_glob
 
 SHARD_COLUMNS = ("image_id", "city", "lat", "lon", "continent", "seen", "unseen", "jpeg", "width", "height")
 #: Refuse images above this many pixels (decompression bombs).
@@ -133,15 +133,38 @@ def _sidecar(path: UPath) -> UPath:
     return path.with_suffix(".json")
 
 
+def object_identity(path: UPath) -> dict[str, object]:
+    """What an object store says about a committed file without sending its body: size, and ETag where offered."""
+    info = path.fs.info(path.path)
+    out: dict[str, object] = {"size": int(info.get("size") or 0)}
+    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("checksum")
+    if etag:
+        out["etag"] = str(etag).strip('"')
+    return out
+
+
 def _is_complete(path: UPath, input_hash: str) -> bool:
+    """A shard is complete when its sidecar is for these inputs and the file is the one the sidecar describes.
+
+    Locally the file is re-hashed (cheap). On an object store its recorded
+    size and ETag are compared with what the store reports, so a no-op rerun
+    reads no shard body.
+    """
     side = _sidecar(path)
-    if not (path.is_file() and side.is_file()):
-        return False
     try:
         meta = json.loads(side.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return bool(meta.get("input_hash") == input_hash and meta.get("sha256") == hashlib.sha256(path.read_bytes()).hexdigest())
+    if meta.get("input_hash") != input_hash:
+        return False
+    if is_local(path):
+        return path.is_file() and meta.get("sha256") == hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        now = object_identity(path)
+    except FileNotFoundError:
+        return False
+    recorded = meta.get("object")
+    return isinstance(recorded, dict) and bool(recorded) and recorded == now
 
 
 @dataclass(frozen=True)
@@ -242,6 +265,8 @@ def write_shard(job: ShardJob) -> dict[str, object]:
         "input_hash": input_hash,
         "rejects": rejects,
     }
+    if not is_local(path):  # how the store identifies the committed object: a later check needs no download
+        meta["object"] = object_identity(path)
     write_text_atomic(_sidecar(path), json.dumps(meta))
     return meta
 
