@@ -42,7 +42,10 @@ from worldnet.evaluate import (
 from worldnet.models.worldnet_model import TrainConfig
 
 STAGES = ("classifier", "heads", "baselines", "evaluate")
-BUSY_LOOP = "import numpy as np\na = np.random.rand(1500, 1500)\nwhile True:\n    a @ a\n"
+#: The competing load; it stops by itself when the benchmark that started it is gone (even if that was killed).
+BUSY_LOOP = (
+    "import os\nimport numpy as np\nparent = os.getppid()\na = np.random.rand(1500, 1500)\nwhile os.getppid() == parent:\n    a @ a\n"
+)
 
 
 def make_features(n: int, dim: int = 1280, cells: int = 40, seed: int = 0) -> tuple[np.ndarray, pl.DataFrame]:

@@ -119,6 +119,37 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _preflight(root: str, backbone: str, weights: str | None, only: str | None, from_stage: str | None) -> None:
+    """Check what can be checked before Prefect or MLflow start, so a mistake is answered in a second, not a minute.
+
+    Raises:
+        ValueError: Naming the option and what to do.
+    """
+    import os
+
+    from tasks.stages import STAGES
+    from worldnet.features.backbones import BACKBONES_WITH_WEIGHTS, available_backbones
+    from worldnet.storage import is_local, local_path
+
+    for opt, stage in (("--only", only), ("--from", from_stage)):
+        if stage is not None and stage not in STAGES:
+            raise ValueError(f"{opt} {stage!r} is not a stage; stages are {', '.join(STAGES)}")
+    if backbone not in available_backbones():
+        raise ValueError(f"--backbone {backbone!r} is unknown; choose one of {', '.join(available_backbones())}")
+    if weights is not None:
+        if backbone not in BACKBONES_WITH_WEIGHTS:
+            raise ValueError(f"--weights is for {', '.join(BACKBONES_WITH_WEIGHTS)}; {backbone!r} ships its own weights: drop --weights")
+        if not Path(weights).expanduser().is_file():
+            raise ValueError(f"--weights {weights} is not a file: give the path of the downloaded .pth file")
+    if is_local(root):
+        path = local_path(root)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--root {root} is a file; give a folder (it is created if absent) or an s3:// URL")
+        existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"--root {root} is not writable ({existing} is read-only for this user); choose a folder you can write")
+
+
 def _parse_size(size: str) -> tuple[int, int]:
     """``WxH`` → (w, h); ``auto`` → (0, 300): the photos' own aspect at 300 px high."""
     if size == "auto":
@@ -211,6 +242,9 @@ def run(
     image_size: Annotated[
         str, typer.Option(help="Shard frame WxH; auto keeps the photos' own aspect at 300 px high (a 2:1 panorama stays whole).")
     ] = "auto",
+    classifier: Annotated[
+        str, typer.Option(help="Centroid classifier: mlp (the paper's, on haversine-smoothed targets) or linear (fastest at scale).")
+    ] = "mlp",
     wait_lock: Annotated[
         float, typer.Option(help="Seconds to wait when another run holds the catalog root (default: refuse at once).")
     ] = 0.0,
@@ -229,6 +263,9 @@ def run(
     try:
         check_debias_options(debias, cap=debias_cap, max_share=debias_max_share, max_drop=debias_max_drop)
         resolve_head_mode(head_mode, "seen")
+        _preflight(root, backbone, weights, only, from_stage)
+        if classifier not in ("mlp", "linear"):
+            raise ValueError(f"--classifier {classifier!r} is unknown; choose mlp or linear")
     except ValueError as exc:
         raise _fail(str(exc)) from None
     if only is None and from_stage is None and not data_root.exists():
@@ -259,6 +296,7 @@ def run(
         debias_max_drop=debias_max_drop,
         image_width=width,
         image_height=height,
+        classifier=classifier,
     )
     cfg.device = device
     if crossfit_weight_decay is not None:
@@ -320,6 +358,7 @@ def cv(
     crossfit_weight_decay: Annotated[float | None, typer.Option(help=CROSSFIT_DECAY_HELP)] = None,
     seed: Annotated[int, typer.Option(help="Seed for folds and training.")] = 0,
     image_size: Annotated[str, typer.Option(help="Shard frame WxH, or auto (the photos' own aspect at 300 px high).")] = "auto",
+    classifier: Annotated[str, typer.Option(help="Centroid classifier: mlp (default) or linear.")] = "mlp",
     debug: Annotated[bool, typer.Option(help="Show the full traceback of an error.")] = False,
 ) -> None:
     """Grouped k-fold evaluation of every model on a small dataset; prints the paper's table.
@@ -366,7 +405,9 @@ def cv(
     X, labels = load_features(cat.path("feature_shards"))
     keys = country_of(labels["lat"].to_numpy(), labels["lon"].to_numpy()) if group == "country" else labels["city"].to_numpy()
     groups = np.array([str(g) for g in keys])
-    train_cfg = TrainConfig(seed=seed)
+    if classifier not in ("mlp", "linear"):
+        raise _fail(f"--classifier {classifier!r} is unknown; choose mlp or linear")
+    train_cfg = TrainConfig(seed=seed, classifier=classifier)
     if crossfit_weight_decay is not None:
         train_cfg.crossfit_weight_decay = crossfit_weight_decay
     res = cross_validate(
@@ -441,15 +482,21 @@ def predict_batch_cmd(
 
     Photos that fail to decode are listed with the reason, and the rest are predicted.
     """
+    import re
+
     from flows.predict import predict_batch
     from flows.runners import make_task_runner
+
+    batch = name or photos.resolve().name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", batch) or ".." in batch:
+        raise _fail(f"--name {batch!r} must be a plain name (letters, digits, '.', '_', '-'): outputs go to {{root}}/06_predict/NAME")
 
     try:
         runner = make_task_runner(task_runner, dask_address=dask_address, dask_workers=dask_workers)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:
-        out = predict_batch.with_options(task_runner=runner)(str(photos), name or photos.resolve().name, model, root, shard_size)
+        out = predict_batch.with_options(task_runner=runner)(str(photos), batch, model, root, shard_size)
     except FileNotFoundError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -126,6 +126,8 @@ class PipelineConfig:
     cluster_strategy: str = "city"
     k: int = 23
     head_mode: str = "auto"
+    #: mlp (the paper's, default) or linear (PCA whitening + softmax regression; fastest at hundreds of thousands of photos).
+    classifier: str = TrainConfig.classifier
     crossfit_weight_decay: float = TrainConfig.crossfit_weight_decay
     snap: bool = True
     seed: int = 0
@@ -164,8 +166,8 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "shard": ("shard_size", "image_width", "image_height"),
     "extract_features": ("backbone", "backbone_weights", "flat_features", "device"),
     "cluster": ("cluster_strategy", "k", "seed", "protocols"),
-    "train_classifier": ("cluster_strategy", "seed", "protocols"),
-    "train_interpolation": ("cluster_strategy", "crossfit_weight_decay", "seed", "snap", "backbone", "protocols"),
+    "train_classifier": ("cluster_strategy", "classifier", "seed", "protocols"),
+    "train_interpolation": ("cluster_strategy", "classifier", "crossfit_weight_decay", "seed", "snap", "backbone", "protocols"),
     "train_baselines": ("seed", "protocols"),
     "evaluate": ("head_mode", "snap", "seed", "protocols"),
     "report": ("head_mode", "protocols"),
@@ -490,7 +492,7 @@ def _protocols(cfg: PipelineConfig) -> Iterator[tuple[str, ProtocolData]]:
 
 
 def _train_cfg(cfg: PipelineConfig) -> TrainConfig:
-    return TrainConfig(seed=cfg.seed, crossfit_weight_decay=cfg.crossfit_weight_decay)
+    return TrainConfig(seed=cfg.seed, crossfit_weight_decay=cfg.crossfit_weight_decay, classifier=cfg.classifier)
 
 
 @task(name="cluster", task_run_name="cluster-{cfg.cluster_strategy}", **STAGE_TASK)

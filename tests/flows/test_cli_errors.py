@@ -40,3 +40,29 @@ def test_bad_debias_options_are_refused_before_anything_starts(tmp_path):
     res = CliRunner().invoke(app, ["run", "--data-root", str(tmp_path), "--head-mode", "best"])
     assert res.exit_code == 2 and "unknown head mode" in res.output
     assert time.perf_counter() - t < 10  # answered before Prefect or MLflow start
+
+
+def test_mistakes_in_options_are_answered_before_anything_starts(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    a_file = tmp_path / "root.txt"
+    a_file.write_text("not a folder")
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    cases = [
+        (["--only", "bogus"], "--only 'bogus' is not a stage"),
+        (["--from", "trian"], "--from 'trian' is not a stage"),
+        (["--backbone", "resnet9000"], "--backbone 'resnet9000' is unknown"),
+        (["--weights", str(a_file)], "drop --weights"),
+        (["--backbone", "vgg19", "--weights", str(tmp_path / "none.pth")], "is not a file"),
+        (["--root", str(a_file)], "is a file"),
+    ]
+    if os.geteuid() != 0:  # root may write anywhere
+        cases.append((["--root", str(read_only / "wn")], "is not writable"))
+    t = time.perf_counter()
+    for extra, message in cases:
+        res = CliRunner().invoke(app, ["run", "--data-root", str(data), *extra])
+        assert res.exit_code == 2, (extra, res.output)
+        assert message in res.output and "Traceback" not in res.output, (extra, res.output)
+    assert time.perf_counter() - t < 3 * len(cases)

@@ -11,6 +11,9 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -146,3 +149,44 @@ def test_a_noop_rerun_on_s3_reads_no_shard_body(harness, s3, world, tmp_path, mo
         f"{len(sidecar_reads)} sidecar reads, {len(shard_reads)} shard body reads"
     )
     assert shard_reads == []
+
+
+KILLED_WORKER = """
+import os, signal, sys
+import worldnet.features.extract as ex
+from worldnet.features.backbones import build_backbone
+
+shards, out, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+written = [0]
+real = ex._write_feature_shard
+
+def write_then_maybe_die(*args, **kw):
+    real(*args, **kw)
+    written[0] += 1
+    if written[0] == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)  # a worker lost mid-stage, with later shards in flight
+
+ex._write_feature_shard = write_then_maybe_die
+ex.extract_features(build_backbone("tiny_random", frame=(64, 48)), shards, out, batch_size=4, progress=False)
+"""
+
+
+def test_a_worker_killed_mid_stage_leaves_nothing_half_written_and_the_rerun_completes(harness, s3, world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = f"s3://{BUCKET}/run-c"
+    run_pipeline(_cfg(world, root), stages=["ingest", "debias", "split", "shard"])
+    shards = f"{root}/02_intermediate/shards"
+    n_shards = len([k for k in s3.find(f"{BUCKET}/run-c/02_intermediate/shards") if k.endswith(".parquet")])
+    assert n_shards >= 4
+    script = tmp_path / "worker.py"
+    script.write_text(KILLED_WORKER)
+    killed = subprocess.run([sys.executable, str(script), shards, f"{root}/feats-a", "2"], env=os.environ.copy())
+    assert killed.returncode == -signal.SIGKILL
+    done = [k for k in s3.find(f"{BUCKET}/run-c/feats-a") if k.endswith(".parquet")]
+    assert len(done) == 2  # exactly the committed shards: the one in flight left nothing behind
+    assert not [k for k in s3.find(f"{BUCKET}/run-c") if ".tmp" in k or k.endswith(".part")]
+    subprocess.run([sys.executable, str(script), shards, f"{root}/feats-a", "0"], env=os.environ.copy(), check=True)  # the rerun
+    subprocess.run([sys.executable, str(script), shards, f"{root}/feats-b", "0"], env=os.environ.copy(), check=True)  # uninterrupted
+    a = {k.rsplit("/", 1)[1]: s3.cat(k) for k in s3.find(f"{BUCKET}/run-c/feats-a")}
+    b = {k.rsplit("/", 1)[1]: s3.cat(k) for k in s3.find(f"{BUCKET}/run-c/feats-b")}
+    assert len(a) == 3 * n_shards and a == b

@@ -73,22 +73,33 @@ def read_gsv_cities(root: str | os.PathLike[str]) -> tuple[pl.DataFrame, pl.Data
         city = csv_path.stem
         folder = root / "Images" / city
         by_prefix = _index_city_folder(folder)
-        with open(csv_path, newline="", encoding="utf-8", errors="replace") as fh:
+        used: set[str] = set()
+        # utf-8-sig: a CSV saved by Excel starts with a byte-order mark, which must not hide the first column's name
+        with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
-            if header is None or [h.strip() for h in header[-8:]] != list(GSV_COLUMNS):
+            names = [h.strip() for h in header] if header else []
+            absent = [c for c in GSV_COLUMNS if c not in names]
+            if absent:
+                lost = sum(1 for _ in reader)
                 rejects.append(
                     {
                         "source": str(csv_path),
                         "row": 1,
                         "reason": "unparseable_row",
-                        "detail": f"header {header} is not {list(GSV_COLUMNS)}",
+                        "detail": f"header lacks {absent} (found {names}); its {lost} data rows were not read: fix the header",
                     }
                 )
                 continue
-            offset = len(header) - len(GSV_COLUMNS)  # tolerate a leading pandas index column
+            # columns by name: a leading pandas index or an extra column anywhere costs nothing
+            where = [names.index(c) for c in GSV_COLUMNS]
             for line_no, fields in enumerate(reader, start=2):
-                parsed = _parse_gsv_fields(fields, offset, len(header))
+                if len(fields) != len(names):
+                    parsed: tuple[int, int, int, int, str, str, str, str] | str = (
+                        f"expected {len(names)} fields, got {len(fields)}: {fields!r}"[:300]
+                    )
+                else:
+                    parsed = _parse_gsv_fields([fields[i] for i in where], 0, len(GSV_COLUMNS))
                 if isinstance(parsed, str):
                     rejects.append({"source": str(csv_path), "row": line_no, "reason": "unparseable_row", "detail": parsed})
                     continue
@@ -101,6 +112,7 @@ def read_gsv_cities(root: str | os.PathLike[str]) -> tuple[pl.DataFrame, pl.Data
                 if found is None:
                     rejects.append({**base, "reason": "missing_image", "detail": f"no file {expected}"})
                     continue
+                used.add(found)
                 if found != expected:
                     mismatch = _filename_coords_mismatch(found[len(prefix) :], float(lat_s), float(lon_s))
                     if mismatch:
@@ -122,7 +134,25 @@ def read_gsv_cities(root: str | os.PathLike[str]) -> tuple[pl.DataFrame, pl.Data
                         "_src": str(csv_path),
                     }
                 )
+        rejects.extend(_unlisted(folder, set(by_prefix.values()) - used, f"Dataframes/{csv_path.name}"))
+    listed = {c.stem for c in csvs}
+    images = root / "Images"
+    for folder in sorted(p for p in images.iterdir() if p.is_dir() and p.name not in listed) if images.is_dir() else []:
+        rejects.extend(_unlisted(folder, {e.name for e in os.scandir(folder) if e.is_file()}, "any Dataframes/*.csv"))
     return _finish(rows), rejects_frame(rejects)
+
+
+def _unlisted(folder: Path, names: set[str], csv_name: str) -> list[dict[str, object]]:
+    """Photos in ``folder`` that no CSV row names: listed, never silently left out."""
+    return [
+        {
+            "source": str(folder),
+            "path": str(folder / n),
+            "reason": "unlisted_image",
+            "detail": f"in {folder.name}/ but in no row of {csv_name}",
+        }
+        for n in sorted(names)
+    ]
 
 
 def _parse_gsv_fields(fields: list[str], offset: int, width: int) -> tuple[int, int, int, int, str, str, str, str] | str:

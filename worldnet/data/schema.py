@@ -73,6 +73,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "not_an_image",
     "corrupt_image",
     "filename_coords_mismatch",
+    "unlisted_image",
 )
 
 #: Google Street View started in 2007; the real metadata's 1970 rows are the

@@ -215,6 +215,9 @@ _REGISTRY: dict[str, Callable[[str | os.PathLike[str] | None], Backbone]] = {
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
+#: Backbones whose weights the user supplies as a file (``--weights``); the others ship theirs or need none.
+BACKBONES_WITH_WEIGHTS = ("vgg19",)
+
 
 def available_backbones() -> list[str]:
     """Names accepted by :func:`build_backbone`."""

@@ -98,7 +98,7 @@ def fit_direct_regression(
     held-out loss, or once ``max_samples`` rows have been seen (so cost grows
     linearly with the data, never faster).
     """
-    from worldnet.models.linear import torch_threads
+    from worldnet.models.linear import torch_threads, training_threads
 
     rng = np.random.default_rng(seed)
     std = Standardiser.fit(X)
@@ -108,7 +108,7 @@ def fit_direct_regression(
     order = rng.permutation(len(X))
     val, tr = order[:n_val], order[n_val:]
     Xt = std(X)
-    with torch_threads(1):
+    with torch_threads(training_threads(len(X))):
         torch.manual_seed(seed)
         model = DirectRegression(X.shape[1], lo, hi)
         opt = torch.optim.Adam(model.parameters(), lr=lr)

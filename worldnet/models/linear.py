@@ -40,6 +40,22 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+#: Below this many training rows, training runs on one thread (see :func:`training_threads`).
+SINGLE_THREAD_ROWS = 50_000
+_CORES = torch.get_num_threads()
+
+
+def training_threads(n_rows: int) -> int:
+    """Threads to train on: one for small data, every core for large.
+
+    Small data means small steps. On a machine busy with other work, two
+    threads per small step stall on their barriers: one thread kept the
+    busy/idle ratio at 1.5–1.8 in ``bench_train.py``. Large data (batches of
+    hundreds of rows and more) has steps big enough to use every core.
+    """
+    return 1 if n_rows < SINGLE_THREAD_ROWS else max(1, _CORES)
+
+
 def smoothed_targets(latlon: np.ndarray, centroids_latlon: np.ndarray, labels: np.ndarray, tau_km: float) -> np.ndarray:
     """(N, K) target distributions: one-hot on ``labels`` when ``tau_km`` is 0, else haversine-smoothed."""
     n, k = len(latlon), len(centroids_latlon)

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from worldnet.geo.sphere import haversine_km_torch, latlon_to_xyz
-from worldnet.models.linear import fit_softmax, smoothed_targets, torch_threads, whitening
+from worldnet.models.linear import fit_softmax, smoothed_targets, torch_threads, training_threads, whitening
 
 HEAD_MODES = ("in_sample", "crossfit")
 CLASSIFIERS = ("linear", "mlp")
@@ -68,6 +68,8 @@ class TrainConfig:
     batch_size: int = 64
     #: mlp: the batch grows with the data so that an epoch is at most this many steps.
     max_steps_per_epoch: int = 100
+    #: mlp: at most this many rows seen in all (epochs = min(max_epochs, max_samples / rows)); no cap below ~33k rows.
+    max_samples: int = 2_000_000
     #: mlp: train on the haversine-smoothed targets (else one-hot with label smoothing 0.05).
     mlp_soft_targets: bool = True
     head_hidden: int = 128
@@ -167,7 +169,7 @@ def train_classifier(
 
     ``targets`` (N, K) are the linear classifier's soft targets (default: one-hot ``y``).
     """
-    with torch_threads(1):
+    with torch_threads(training_threads(len(X))):
         if cfg.classifier == "linear":
             return _train_linear(X, y, X_val, y_val, k, cfg, targets)
         if cfg.classifier != "mlp":
@@ -231,7 +233,8 @@ def _train_mlp(
     soft = torch.from_numpy(targets) if targets is not None else None
     g = torch.Generator().manual_seed(cfg.seed)
     best_acc, best_state, best_epoch, bad = -1.0, copy.deepcopy(model.state_dict()), 0, 0
-    for epoch in range(cfg.max_epochs):
+    epochs = max(1, min(cfg.max_epochs, -(-cfg.max_samples // max(1, len(X)))))
+    for epoch in range(epochs):
         model.train()
         for idx in torch.randperm(len(X), generator=g).split(mlp_batch_size(len(X), cfg)):
             opt.zero_grad()
@@ -277,7 +280,7 @@ def train_head(
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    with torch_threads(1):
+    with torch_threads(training_threads(len(probs))):
         return _train_head(probs, target_latlon, centroids_latlon, cfg, weight_decay)
 
 
@@ -354,8 +357,10 @@ def crossfit_probs(
 
 
 def _fixed_epochs(cfg: TrainConfig) -> TrainConfig:
+    """A crossfit fold's budget: a third of the full classifier's epochs and samples (it has no validation to stop it)."""
     c = copy.copy(cfg)
     c.max_epochs = max(5, cfg.max_epochs // 3)
+    c.max_samples = max(1, cfg.max_samples // 3)
     return c
 
 
