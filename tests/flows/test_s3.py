@@ -182,11 +182,13 @@ def test_a_worker_killed_mid_stage_leaves_nothing_half_written_and_the_rerun_com
     script.write_text(KILLED_WORKER)
     killed = subprocess.run([sys.executable, str(script), shards, f"{root}/feats-a", "2"], env=os.environ.copy())
     assert killed.returncode == -signal.SIGKILL
+    s3.invalidate_cache()  # other processes wrote to the bucket: list it afresh
     done = [k for k in s3.find(f"{BUCKET}/run-c/feats-a") if k.endswith(".parquet")]
     assert len(done) == 2  # exactly the committed shards: the one in flight left nothing behind
     assert not [k for k in s3.find(f"{BUCKET}/run-c") if ".tmp" in k or k.endswith(".part")]
     subprocess.run([sys.executable, str(script), shards, f"{root}/feats-a", "0"], env=os.environ.copy(), check=True)  # the rerun
     subprocess.run([sys.executable, str(script), shards, f"{root}/feats-b", "0"], env=os.environ.copy(), check=True)  # uninterrupted
+    s3.invalidate_cache()
     a = {k.rsplit("/", 1)[1]: s3.cat(k) for k in s3.find(f"{BUCKET}/run-c/feats-a")}
     b = {k.rsplit("/", 1)[1]: s3.cat(k) for k in s3.find(f"{BUCKET}/run-c/feats-b")}
     assert len(a) == 3 * n_shards and a == b
