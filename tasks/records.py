@@ -78,14 +78,20 @@ def content_hash(path: UPath, raw: bool = False) -> str:
     return h.hexdigest()
 
 
-def code_hash(fn: Callable[..., Any]) -> str:
-    """The stage's own source and the whole ``worldnet`` library's: changing either reruns the stage."""
+@lru_cache(maxsize=1)
+def library_digest() -> str:
+    """Hash of the whole ``worldnet`` library's source, read once per process."""
     import worldnet
 
-    h = hashlib.sha256(inspect.getsource(fn).encode())
+    h = hashlib.sha256()
     for f in sorted(Path(worldnet.__file__).parent.rglob("*.py")):
         h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def code_hash(fn: Callable[..., Any]) -> str:
+    """The stage's own source and the whole ``worldnet`` library's: changing either reruns the stage."""
+    return hashlib.sha256((inspect.getsource(fn) + library_digest()).encode()).hexdigest()
 
 
 @dataclass

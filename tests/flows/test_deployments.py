@@ -46,6 +46,15 @@ def _prefect(env, *args, timeout=300, check=True):
     return subprocess.run([exe, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=check)
 
 
+def _run_and_wait(env: dict[str, str], deployment: str, params: dict[str, object]) -> None:
+    """Trigger ``deployment`` with ``params`` and wait until its run completes."""
+    run = _prefect(
+        env, "deployment", "run", deployment, "--params", json.dumps(params), "--watch", "--watch-timeout", "300", timeout=360, check=False
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Completed" in run.stdout, run.stdout
+
+
 @pytest.mark.slow
 def test_real_server_deploys_and_runs_a_stage_deployment(tmp_path):
     port = _free_port()
@@ -92,40 +101,11 @@ def test_real_server_deploys_and_runs_a_stage_deployment(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        run = _prefect(
-            env,
-            "deployment",
-            "run",
-            "worldnet-ingest/ingest",
-            "--params",
-            json.dumps(params),
-            "--watch",
-            "--watch-timeout",
-            "300",
-            timeout=360,
-            check=False,
-        )
-        assert run.returncode == 0, run.stdout + run.stderr
-        assert "Completed" in run.stdout, run.stdout
+        _run_and_wait(env, "worldnet-ingest/ingest", params)
         assert (tmp_path / "root" / "01_raw" / "manifest.parquet").is_file()
 
         # a deployment parameter puts the per-shard tasks on Dask (here a 1-worker LocalCluster)
-        on_dask = {**params, "task_runner": "dask", "dask_workers": 1}
-        run = _prefect(
-            env,
-            "deployment",
-            "run",
-            "worldnet-shard/shard",
-            "--params",
-            json.dumps(on_dask),
-            "--watch",
-            "--watch-timeout",
-            "300",
-            timeout=360,
-            check=False,
-        )
-        assert run.returncode == 0, run.stdout + run.stderr
-        assert "Completed" in run.stdout, run.stdout
+        _run_and_wait(env, "worldnet-shard/shard", {**params, "task_runner": "dask", "dask_workers": 1})
         assert list((tmp_path / "root" / "02_intermediate" / "shards").glob("shard-*.parquet"))
     finally:
         for p in (worker, server):

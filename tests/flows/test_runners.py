@@ -9,31 +9,10 @@ import pytest
 
 from flows.pipeline import run_pipeline
 from flows.runners import make_task_runner
-from tasks.stages import PipelineConfig
-from worldnet.data.synthetic import SynthConfig, generate
+from tests.flows.conftest import small_cfg
 from worldnet.storage import as_path, relative_to
 
 DATA_STAGES = ["ingest", "debias", "split", "shard", "extract_features"]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    data = tmp_path_factory.mktemp("world") / "data"
-    generate(SynthConfig(out=data, cities=["Madrid", "Bangkok", "Boston", "Lima"], per_city=14, size=(64, 48)), progress=False)
-    return data
-
-
-def _cfg(data, root) -> PipelineConfig:
-    return PipelineConfig(
-        data_root=str(data),
-        root=str(root),
-        backbone="tiny_random",
-        n_unseen=1,
-        shard_size=8,
-        image_width=64,
-        image_height=48,
-        progress=False,
-    )
 
 
 def _digests(root) -> dict[str, str]:
@@ -58,8 +37,8 @@ def test_runner_options_are_checked():
 
 def test_dask_local_cluster_output_identical_to_default_runner(harness, world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    threads = run_pipeline(_cfg(world, tmp_path / "threads"), stages=DATA_STAGES)
-    dask = run_pipeline(_cfg(world, tmp_path / "dask"), stages=DATA_STAGES, task_runner=make_task_runner("dask", dask_workers=2))
+    threads = run_pipeline(small_cfg(world, tmp_path / "threads"), stages=DATA_STAGES)
+    dask = run_pipeline(small_cfg(world, tmp_path / "dask"), stages=DATA_STAGES, task_runner=make_task_runner("dask", dask_workers=2))
     assert threads["shard"]["shards"] >= 4
     assert dask["extract_features"]["worker_processes"] == 2, dask["extract_features"]
     assert threads["extract_features"]["worker_processes"] == 1
@@ -73,8 +52,8 @@ def test_memory_root_runs_the_whole_pipeline(harness, world, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)  # the MLflow store of a URL root goes to ./.worldnet
     root = "memory://worldnet-test/root"
     try:
-        out = run_pipeline(_cfg(world, root))
-        cat = _cfg(world, root).catalog()
+        out = run_pipeline(small_cfg(world, root))
+        cat = small_cfg(world, root).catalog()
         assert not cat.local
         for name in ("manifest_raw", "rejects", "manifest_debiased", "splits", "image_shards", "shard_rejects", "feature_shards", "report"):
             assert cat.exists(name), name
@@ -88,7 +67,7 @@ def test_memory_root_runs_the_whole_pipeline(harness, world, tmp_path, monkeypat
         assert (tmp_path / ".worldnet" / "mlflow.db").is_file()  # not the previous run's store
         # a store other processes cannot see is refused, with what to do instead, before any work
         with pytest.raises(ValueError, match="memory:// lives in one process"):
-            run_pipeline(_cfg(world, root), only="shard", task_runner=make_task_runner("dask", dask_workers=1))
+            run_pipeline(small_cfg(world, root), only="shard", task_runner=make_task_runner("dask", dask_workers=1))
     finally:
         fsspec.filesystem("memory").rm("/worldnet-test", recursive=True)
 

