@@ -13,7 +13,10 @@ export PREFECT_LOGGING_LEVEL ?= WARNING
 
 SHELL := /bin/bash
 
-.PHONY: demo test test-all lint bench venv clean
+.PHONY: demo test test-all lint bench venv clean browser
+
+# The browser test drives `worldnet serve`'s page in Debian's headless Chromium: install it when missing.
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 venv: $(STAMP)
 
@@ -26,10 +29,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/worldnet demo
 
-test: $(STAMP)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium and chromium-driver (Debian) for the browser test"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m ''
 
 lint: $(STAMP)

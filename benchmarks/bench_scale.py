@@ -30,7 +30,7 @@ apply_local_defaults()
 
 from flows.pipeline import run_pipeline  # noqa: E402
 from flows.runners import make_task_runner  # noqa: E402
-from tasks.stages import PipelineConfig  # noqa: E402
+from tasks.config import PipelineConfig  # noqa: E402
 from worldnet.data.synthetic import SynthConfig, generate  # noqa: E402
 
 GSV_CITIES_IMAGES = 560_000

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from flows.env import apply_local_defaults
+from flows.guard import start_guard
 
 apply_local_defaults()
 
@@ -70,7 +71,7 @@ def _config(
     unseen: list[str] | None,
     **more: object,
 ):
-    from tasks.stages import PipelineConfig
+    from tasks.config import PipelineConfig
 
     return PipelineConfig(
         data_root=str(data_root),
@@ -91,9 +92,8 @@ def _config(
 #: Errors that mean "the input or an option is wrong": one line, exit 2, no traceback (``--debug`` shows it).
 def _user_errors() -> tuple[type[BaseException], ...]:
     from tasks.records import RootBusyError
-    from worldnet.features.backbones import WeightsNotFoundError
 
-    return (ValueError, FileNotFoundError, WeightsNotFoundError, KeyError, RootBusyError)
+    return (ValueError, FileNotFoundError, KeyError, RootBusyError)  # WeightsNotFoundError is a FileNotFoundError
 
 
 class _HideUserErrorTracebacks(logging.Filter):
@@ -127,8 +127,8 @@ def _preflight(root: str, backbone: str, weights: str | None, only: str | None, 
     """
     import os
 
-    from tasks.stages import STAGES
-    from worldnet.features.backbones import BACKBONES_WITH_WEIGHTS, available_backbones
+    from tasks.config import STAGES
+    from worldnet.features.names import BACKBONES_WITH_WEIGHTS, available_backbones
     from worldnet.storage import is_local, local_path
 
     for opt, stage in (("--only", only), ("--from", from_stage)):
@@ -141,6 +141,10 @@ def _preflight(root: str, backbone: str, weights: str | None, only: str | None, 
             raise ValueError(f"--weights is for {', '.join(BACKBONES_WITH_WEIGHTS)}; {backbone!r} ships its own weights: drop --weights")
         if not Path(weights).expanduser().is_file():
             raise ValueError(f"--weights {weights} is not a file: give the path of the downloaded .pth file")
+        with open(Path(weights).expanduser(), "rb") as fh:
+            head = fh.read(4)
+        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a legacy pickle
+            raise ValueError(f"--weights {weights} is not a PyTorch weights file (.pth): give torchvision's {backbone} weights")
     if is_local(root):
         path = local_path(root)
         if path.exists() and not path.is_dir():
@@ -148,6 +152,13 @@ def _preflight(root: str, backbone: str, weights: str | None, only: str | None, 
         existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
         if not os.access(existing, os.W_OK | os.X_OK):
             raise ValueError(f"--root {root} is not writable ({existing} is read-only for this user); choose a folder you can write")
+
+
+def _check_engine(engine: str, device: str) -> None:
+    """``--engine`` against ``--device`` (``auto`` resolves per machine later)."""
+    from worldnet.features.names import resolve_engine
+
+    resolve_engine(engine, device if device in ("cpu", "cuda") else "cpu")
 
 
 def _parse_size(size: str) -> tuple[int, int]:
@@ -165,6 +176,8 @@ def _parse_size(size: str) -> tuple[int, int]:
 
 def _print_results(result: dict, root: Path) -> None:
     """The paper's tables, where the report and maps are, and how each stage went (``root``: the MLflow folder)."""
+    if result.get("input"):
+        typer.echo(result["input"])
     summary = result.get("evaluate") or {}
     titles = {"seen": "Figure 4a: unseen images of seen cities", "unseen": "Figure 4b: unseen images of unseen cities"}
     for proto, s in summary.items():
@@ -220,6 +233,9 @@ def run(
     strict: Annotated[bool, typer.Option(help="Fail if any input row is rejected (same report).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     device: Annotated[str, typer.Option(help="Feature extraction device: auto (CUDA if available) | cpu | cuda.")] = "auto",
+    engine: Annotated[
+        str, typer.Option(help="Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch. Features agree either way.")
+    ] = "auto",
     task_runner: Annotated[
         str, typer.Option(help="Where per-shard tasks run: threads (this process) or dask (a Dask cluster via prefect-dask).")
     ] = "threads",
@@ -257,13 +273,14 @@ def run(
     extract_features stages map one task per shard, onto Dask workers with --task-runner dask.
     """
     from worldnet.data.debias import check_debias_options
-    from worldnet.evaluate import resolve_head_mode
+    from worldnet.head_modes import resolve_head_mode
 
     width, height = _parse_size(image_size)
     try:
         check_debias_options(debias, cap=debias_cap, max_share=debias_max_share, max_drop=debias_max_drop)
         resolve_head_mode(head_mode, "seen")
         _preflight(root, backbone, weights, only, from_stage)
+        _check_engine(engine, device)
         if classifier not in ("mlp", "linear"):
             raise ValueError(f"--classifier {classifier!r} is unknown; choose mlp or linear")
     except ValueError as exc:
@@ -299,10 +316,12 @@ def run(
         classifier=classifier,
     )
     cfg.device = device
+    cfg.engine = engine
     if crossfit_weight_decay is not None:
         cfg.crossfit_weight_decay = crossfit_weight_decay
     if not debug:
         _quiet_prefect_user_errors()
+    start_guard()
     try:
         result = run_pipeline(cfg, task_runner=runner, from_stage=from_stage, only=only, wait_lock=wait_lock)
     except _user_errors() as exc:
@@ -328,6 +347,7 @@ def demo(
         typer.echo(f"generating the synthetic GSV-Cities world in {data} ...")
         generate(SynthConfig(out=data, per_city=per_city))
     cfg = _config(data, root, backbone, None, "gsv_cities", False, "auto", "city", 23, 0, None)
+    start_guard()
     result = pipeline(cfg)
     _print_results(result, root)
     stage_total = sum(result.get("timings", {}).values())
@@ -359,6 +379,9 @@ def cv(
     seed: Annotated[int, typer.Option(help="Seed for folds and training.")] = 0,
     image_size: Annotated[str, typer.Option(help="Shard frame WxH, or auto (the photos' own aspect at 300 px high).")] = "auto",
     classifier: Annotated[str, typer.Option(help="Centroid classifier: mlp (default) or linear.")] = "mlp",
+    engine: Annotated[
+        str, typer.Option(help="Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch. Features agree either way.")
+    ] = "auto",
     debug: Annotated[bool, typer.Option(help="Show the full traceback of an error.")] = False,
 ) -> None:
     """Grouped k-fold evaluation of every model on a small dataset; prints the paper's table.
@@ -370,10 +393,10 @@ def cv(
     import polars as pl
 
     from worldnet.catalog import Catalog
-    from worldnet.data.ingest import ingest, reject_counts
+    from worldnet.data.ingest import ingest, input_summary, require_rows
     from worldnet.data.shards import ShardSpec, infer_frame, write_shards
     from worldnet.evaluate import cross_validate
-    from worldnet.features.backbones import build_backbone
+    from worldnet.features.engine import build_engine
     from worldnet.features.extract import extract_features, load_features
     from worldnet.geo.regions import country_of
     from worldnet.models.worldnet_model import TrainConfig
@@ -381,23 +404,28 @@ def cv(
 
     if group not in ("country", "city"):
         raise typer.BadParameter("--group must be country or city")
+    try:
+        _check_engine(engine, "cpu")
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     width, height = _parse_size(image_size)
     if not data_root.exists():
         raise _fail(f"--data-root {data_root} does not exist: point it at a GSV-Cities folder (Dataframes/ + Images/) or a CSV")
     try:
         cat = Catalog.from_yaml(root, data_root=str(data_root), backbone=backbone)
         manifest, rejects = ingest(dataset_kind, data_root)
-        if rejects.height:
-            typer.echo(f"rejected {rejects.height} rows: {reject_counts(rejects)} (see {cat.save('rejects', rejects)})")
-        if manifest.height == 0:
-            raise ValueError(f"no usable rows in {data_root}; see the rejects above")
+        rejects_path = str(cat.save("rejects", rejects))
+        require_rows(manifest, rejects, str(data_root), rejects_path)
         table = manifest.with_columns(seen=pl.lit("train"), unseen=pl.lit("train"))
         if width == 0:
             width, height = infer_frame(table["path"].to_list(), height)
         shards = write_shards(table, cat.path("image_shards"), ShardSpec(shard_size=64, width=width, height=height))
-        if shards.rejects.height:
-            typer.echo(f"{shards.rejects.height} images failed to decode (see {cat.save('shard_rejects', shards.rejects)})")
-        extract_features(build_backbone(backbone, weights, (width, height)), cat.path("image_shards"), cat.path("feature_shards"))
+        shard_rejects_path = str(cat.save("shard_rejects", shards.rejects))
+        typer.echo(
+            input_summary(manifest.height - shards.rejects.height, (rejects, rejects_path), (shards.rejects, shard_rejects_path)).line()
+        )
+        model = build_engine(backbone, weights, (width, height), engine=engine, graphs_dir=cat.path("onnx_graphs"))
+        extract_features(model, cat.path("image_shards"), cat.path("feature_shards"))
     except _user_errors() as exc:
         if debug:
             raise
@@ -436,21 +464,26 @@ def predict(
     root: Annotated[Path, typer.Option(help="Catalog root holding the MLflow store.")] = Path(".worldnet"),
     top_k: Annotated[int, typer.Option(help="How many clusters to list.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
+    engine: Annotated[
+        str, typer.Option(help="Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch. Features agree either way.")
+    ] = "auto",
 ) -> None:
     """Predict lat, lon, country and continent for photos, with the top clusters."""
     from worldnet.models.predictor import ImageInputError, Predictor
 
-    if model.startswith("models:/"):
-        from tasks.tracking import registry_model_file
+    try:
+        if model.startswith("models:/"):
+            from tasks.tracking import registry_model_file
 
-        try:
             model_path = registry_model_file(model, root)
-        except FileNotFoundError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
-    else:
-        model_path = Path(model)
-    predictor = Predictor.load(model_path)
+        else:
+            model_path = Path(model)
+        _check_engine(engine, "cpu")
+        from worldnet.catalog import Catalog
+
+        predictor = Predictor.load(model_path, engine=engine, graphs_dir=Catalog.from_yaml(root).path("onnx_graphs"))
+    except _user_errors() as exc:
+        raise _fail(str(exc).strip().splitlines()[0]) from None
     status = 0
     for img in images:
         try:
@@ -467,9 +500,55 @@ def predict(
     raise typer.Exit(status)
 
 
+@app.command()
+def serve(
+    model: Annotated[
+        str, typer.Option(help="What to serve: models:/worldnet@champion (default), models:/worldnet/3, or a worldnet .pt file.")
+    ] = "models:/worldnet@champion",
+    root: Annotated[Path, typer.Option(help="Catalog root holding the MLflow store (and the ONNX graph cache).")] = Path(".worldnet"),
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for other hosts.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest photo accepted, MB.")] = 20.0,
+    max_photos: Annotated[int, typer.Option(help="Most photos in one request.")] = 16,
+    engine: Annotated[str, typer.Option(help="Backbone engine: auto (ONNX Runtime on CPU), onnx or torch.")] = "auto",
+    debug: Annotated[bool, typer.Option(help="Show the full traceback of an error.")] = False,
+) -> None:
+    """Serve a model over HTTP: POST /predict (multipart photos in 'file'), GET / (a page with a map), GET /health.
+
+    The model is loaded once. Try it:  curl -F file=@photo.jpg http://127.0.0.1:8000/predict
+    """
+    from flows.serve import ServeLimits, serve
+    from worldnet.catalog import Catalog
+    from worldnet.models.predictor import Predictor
+
+    try:
+        _check_engine(engine, "cpu")
+        if not 0 < port < 65536:
+            raise ValueError(f"--port {port} is not a port; choose 1-65535")
+        if max_upload_mb <= 0 or max_photos < 1:
+            raise ValueError("--max-upload-mb and --max-photos must be positive")
+        if model.startswith("models:/"):
+            from tasks.tracking import registry_label, registry_model_file
+
+            model_path, label = registry_model_file(model, root), ""
+            label = registry_label(model)
+        else:
+            model_path, label = Path(model), Path(model).name
+        predictor = Predictor.load(model_path, engine=engine, graphs_dir=Catalog.from_yaml(root).path("onnx_graphs"))
+    except _user_errors() as exc:
+        if debug:
+            raise
+        raise _fail(str(exc).strip().splitlines()[0]) from None
+    limits = ServeLimits(max_photo_bytes=int(max_upload_mb * 2**20), max_photos=max_photos)
+    typer.echo(f"serving {label} ({predictor.engine}) on http://{host}:{port}/  (POST /predict, GET /health; Ctrl-C stops)")
+    serve(predictor, label, host=host, port=port, limits=limits)
+
+
 @app.command("predict-batch")
 def predict_batch_cmd(
-    photos: Annotated[Path, typer.Argument(help="Folder of photos (searched recursively: .jpg, .jpeg, .png).")],
+    photos: Annotated[
+        Path, typer.Argument(help="Folder of photos (searched recursively: .jpg .jpeg .png .webp .avif .gif .bmp .tif; others are listed).")
+    ],
     model: Annotated[str, typer.Option(help="A registry URI or a worldnet .pt file (path or fsspec URL).")] = "models:/worldnet@champion",
     root: Annotated[str, typer.Option(help="Catalog root (folder or fsspec URL the workers share); holds the MLflow store.")] = ".worldnet",
     name: Annotated[str | None, typer.Option(help="Batch name: outputs go to {root}/06_predict/{name} (default: folder name).")] = None,
@@ -477,6 +556,9 @@ def predict_batch_cmd(
     task_runner: Annotated[str, typer.Option(help="threads (this process) or dask.")] = "threads",
     dask_address: Annotated[str | None, typer.Option(help="With --task-runner dask: an existing scheduler.")] = None,
     dask_workers: Annotated[int | None, typer.Option(help="With --task-runner dask and no address: LocalCluster workers.")] = None,
+    engine: Annotated[
+        str, typer.Option(help="Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch. Features agree either way.")
+    ] = "auto",
 ) -> None:
     """Geolocate a whole folder of photos, one task per shard (on Dask if asked); writes a Parquet table.
 
@@ -495,14 +577,27 @@ def predict_batch_cmd(
         runner = make_task_runner(task_runner, dask_address=dask_address, dask_workers=dask_workers)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    try:  # before Prefect starts: a wrong folder or model file is answered in a second
+        from worldnet.models.batch import photo_table
+        from worldnet.models.predictor import load_worldnet
+        from worldnet.storage import is_local
+
+        _check_engine(engine, "cpu")
+        if not model.startswith("models:/") and is_local(model):
+            load_worldnet(model)
+        photo_table(photos)
+    except _user_errors() as exc:
+        raise _fail(str(exc).strip().splitlines()[0]) from None
+    _quiet_prefect_user_errors()
+    start_guard()
     try:
-        out = predict_batch.with_options(task_runner=runner)(str(photos), batch, model, root, shard_size)
-    except FileNotFoundError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        out = predict_batch.with_options(task_runner=runner)(str(photos), batch, model, root, shard_size, engine=engine)
+    except _user_errors() as exc:
+        raise _fail(str(exc).strip().splitlines()[0]) from None
     typer.echo(f"predicted {out['predicted']} of {out['photos']} photos -> {out['predictions']}")
     if out["rejects"]:
-        typer.echo(f"{out['rejects']} photos could not be decoded; see {out['rejects_file']}")
+        counts = ", ".join(f"{n} {r}" for r, n in out["reject_counts"].items())
+        typer.echo(f"{out['rejects']} files not predicted ({counts}); see {out['rejects_file']}")
 
 
 def main() -> None:  # pragma: no cover

@@ -14,6 +14,9 @@ DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    # MLflow's INFO lines and download bars ("Validating input example", "Created version") are noise in a run's output
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "DO_NOT_TRACK": "true",
     "MPLBACKEND": "Agg",
     # Dask's scheduler and workers log every start/stop at INFO
@@ -29,6 +32,10 @@ def apply_local_defaults() -> None:
     """Set each of :data:`DEFAULTS` unless already set in the environment, and one malloc arena for this process."""
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if os.environ.get("MLFLOW_LOGGING_LEVEL") == "WARNING":  # also when mlflow was imported before the variable was set
+        import logging
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     if os.environ.get("MALLOC_ARENA_MAX") == "1":
         from worldnet.features.runtime import single_malloc_arena
 

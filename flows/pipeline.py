@@ -16,42 +16,12 @@ import mlflow
 from prefect import flow
 
 from flows.runners import make_task_runner
-from tasks.records import root_lock
+from tasks.config import STAGES, PipelineConfig
+from tasks.lineage import current_key, input_summary_of, record_stage, restore_outputs, up_to_date
+from tasks.records import root_id, root_lock
 from tasks.registry import register_task
-from tasks.stages import (
-    STAGES,
-    PipelineConfig,
-    cluster_task,
-    current_key,
-    debias_task,
-    evaluate_task,
-    extract_task,
-    ingest_task,
-    record_stage,
-    report_task,
-    restore_outputs,
-    shard_task,
-    split_task,
-    train_baselines_task,
-    train_classifier_task,
-    train_interpolation_task,
-    up_to_date,
-)
-from tasks.tracking import configure_mlflow
-
-_TASKS = {
-    "ingest": ingest_task,
-    "debias": debias_task,
-    "split": split_task,
-    "shard": shard_task,
-    "extract_features": extract_task,
-    "cluster": cluster_task,
-    "train_classifier": train_classifier_task,
-    "train_interpolation": train_interpolation_task,
-    "train_baselines": train_baselines_task,
-    "evaluate": evaluate_task,
-    "report": report_task,
-}
+from tasks.stages import STAGE_TASKS
+from tasks.tracking import configure_mlflow, fail_abandoned_runs
 
 
 def select_stages(stages: list[str] | None = None, from_stage: str | None = None, only: str | None = None) -> list[str]:
@@ -135,7 +105,12 @@ def pipeline(
     out: dict[str, Any] = {"stages": todo, "timings": {}, "states": {}, "reasons": {}, "restored": []}
     with root_lock(cfg.catalog().root, tracking, wait_lock, on_wait=lambda m: print(m, flush=True)):
         configure_mlflow(tracking)
+        rid = root_id(cfg.catalog().root)
+        out["abandoned_runs"] = fail_abandoned_runs(rid)
+        if out["abandoned_runs"] and cfg.progress:
+            print(f"marked {len(out['abandoned_runs'])} MLflow runs FAILED that a killed run on this root left RUNNING", flush=True)
         with mlflow.start_run(run_name="pipeline") as parent:
+            mlflow.set_tag("worldnet.root_id", rid)
             mlflow.log_params({k: str(v)[:250] for k, v in asdict(cfg).items()})
             mlflow.set_tag("stages", ",".join(todo))
             pid = parent.info.run_id
@@ -153,6 +128,10 @@ def pipeline(
                     why = out["reasons"].get(stage)
                     note = "up to date" if out["states"][stage] == "Up to date" else f"ran: {why}" if why else "ran"
                     print(f"[{len(out['timings'])}/{len(checks) + len(todo)}] {stage} {out['timings'][stage]:.1f}s ({note})", flush=True)
+            summary = input_summary_of(cfg)
+            if summary is not None:
+                out["input"] = summary.line()
+                mlflow.set_tag("input", out["input"][:5000])
             mlflow.log_metrics({f"seconds_{k}": v for k, v in out["timings"].items()})
             mlflow.set_tags({f"state.{k}": v for k, v in out["states"].items()})
             if out["restored"]:
@@ -174,7 +153,7 @@ def _run_or_skip(cfg: PipelineConfig, stage: str, parent_run_id: str, *, force: 
     else:
         out["reasons"][stage] = "asked for"
     key_parts = current_key(cfg, stage)
-    state = _TASKS[stage](cfg, parent_run_id, return_state=True)
+    state = STAGE_TASKS[stage](cfg, parent_run_id, return_state=True)
     out["states"][stage] = state.name
     out[stage] = state.result()
     record_stage(cfg, stage, key_parts, out[stage])

@@ -13,11 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from prefect import flow
 
 from tasks.per_shard import map_with_progress, predict_one_task, require_shared_store, write_shards_mapped
 from tasks.tracking import registry_model_file, tracking_root
 from worldnet.catalog import Catalog
+from worldnet.data.ingest import reject_counts
 from worldnet.data.shards import ShardSpec
 from worldnet.io import write_bytes_atomic
 from worldnet.models.batch import collect_predictions, photo_table
@@ -47,6 +49,7 @@ def predict_batch(
     root: str = ".worldnet",
     shard_size: int = 256,
     progress: bool = True,
+    engine: str = "auto",
 ) -> dict[str, Any]:
     """Geolocate every photo under ``photos``; one task per shard on the flow's task runner.
 
@@ -57,6 +60,7 @@ def predict_batch(
         root: Catalog root (folder or fsspec URL shared with the workers).
         shard_size: Photos per shard, i.e. per task.
         progress: Show progress bars.
+        engine: Backbone engine: auto (ONNX Runtime on CPU), onnx or torch.
 
     Returns:
         Counts, where the predictions and rejects are, and how many processes worked.
@@ -64,11 +68,12 @@ def predict_batch(
     cat = Catalog.from_yaml(root, batch=batch)
     require_shared_store(root, "predict-batch")
     write_bytes_atomic(cat.path("batch_model"), resolve_model(model, tracking_root(root)))
-    table_in = photo_table(photos)
+    table_in, left_out = photo_table(photos)
     frame = load_worldnet(cat.path("batch_model"))[0].frame or (ShardSpec.width, ShardSpec.height)
     spec = ShardSpec(shard_size=shard_size, width=frame[0], height=frame[1])  # framed as the model's training photos were
     shards = write_shards_mapped(table_in, cat.path("batch_shards"), spec, progress=progress)
-    cat.save("batch_rejects", shards.rejects)
+    rejects = pl.concat([left_out, shards.rejects], how="vertical_relaxed")
+    cat.save("batch_rejects", rejects)
     done = map_with_progress(
         predict_one_task,
         shards.index["shard"].to_list(),
@@ -78,14 +83,18 @@ def predict_batch(
         shards_dir=str(cat.path("batch_shards")),
         parts_dir=str(cat.path("batch_prediction_parts")),
         model_url=str(cat.path("batch_model")),
+        engine=engine,
+        graphs_dir=str(cat.path("onnx_graphs")),
     )
     table = collect_predictions(cat.path("batch_prediction_parts"))
     cat.save("batch_predictions", table)
     return {
         "photos": table_in.height,
         "predicted": table.height,
-        "rejects": shards.rejects.height,
+        "rejects": rejects.height,
+        "reject_counts": reject_counts(rejects),
         "predictions": str(cat.path("batch_predictions")),
         "rejects_file": str(cat.path("batch_rejects")),
         "worker_processes": len({d["pid"] for d in done}),
+        "engine": ",".join(sorted({str(d["engine"]) for d in done})),
     }

@@ -29,6 +29,7 @@ from upath import UPath
 from tasks.retry import retry_unless_user_error
 from worldnet.data.shards import ShardJob, ShardResult, ShardSpec, collect_shards, plan_shards, write_shard
 from worldnet.features.backbones import Backbone, BackboneSpec, build_backbone
+from worldnet.features.engine import OnnxBackbone, build_engine
 from worldnet.features.extract import extract_features
 from worldnet.models.batch import predict_shard
 from worldnet.models.predictor import Predictor
@@ -77,6 +78,21 @@ def cached_backbone(name: str, weights: str | None, frame: tuple[int, int] | Non
     return build_backbone(name, weights, frame)
 
 
+@lru_cache(maxsize=4)
+def cached_engine(
+    name: str,
+    weights: str | None,
+    frame: tuple[int, int] | None,
+    engine: str,
+    device: str,
+    flat: bool,
+    graphs_dir: str | None,
+    threads: int | None,
+) -> Backbone | OnnxBackbone:
+    """Each backbone on its engine once per process (see :func:`worldnet.features.engine.build_engine`)."""
+    return build_engine(name, weights, frame, engine=engine, device=device, flat=flat, graphs_dir=graphs_dir, threads=threads)
+
+
 def backbone_spec(name: str, weights: str | None, frame: tuple[int, int] | None = None) -> BackboneSpec:
     """The spec of a backbone, built (once per process) under the model lock."""
     with MODEL_LOCK:
@@ -106,30 +122,37 @@ def _extract_one(
     flat: bool,
     device: str,
     frame: tuple[int, int] | None = None,
-) -> dict[str, float]:
-    """Embed one image shard into its feature shard (``pid`` says which process did it)."""
+    engine: str = "auto",
+    graphs_dir: str | None = None,
+) -> dict[str, Any]:
+    """Embed one image shard into its feature shard (``pid`` says which process did it, ``engine`` on what)."""
     with MODEL_LOCK:  # building under the lock too: two threads seeding one global RNG would interleave draws
-        model = cached_backbone(backbone, weights, tuple(frame) if frame else None)
-        res = extract_features(model, shards_dir, out_dir, only=[shard], threads=worker_threads(), flat=flat, device=device, progress=False)
-    return {"images": res.images, "seconds": res.seconds, "pid": os.getpid()}
+        threads = worker_threads()
+        model = cached_engine(backbone, weights, tuple(frame) if frame else None, engine, device, flat, graphs_dir, threads)
+        res = extract_features(model, shards_dir, out_dir, only=[shard], threads=threads, flat=flat, device=device, progress=False)
+    used = "onnx" if isinstance(model, OnnxBackbone) else "torch"
+    return {"images": res.images, "seconds": res.seconds, "pid": os.getpid(), "engine": used}
 
 
 extract_one_task = task(name="extract-one", task_run_name="extract-{shard}", **PER_SHARD)(_extract_one)
 
 
 @lru_cache(maxsize=2)
-def cached_predictor(model_url: str) -> Predictor:
+def cached_predictor(model_url: str, engine: str = "auto", graphs_dir: str | None = None, threads: int | None = None) -> Predictor:
     """Load each model once per process (a Dask worker predicts many shards)."""
-    return Predictor.load(as_path(model_url))
+    return Predictor.load(as_path(model_url), engine=engine, graphs_dir=graphs_dir, threads=threads)
 
 
-def _predict_one(shard: str, shards_dir: str, parts_dir: str, model_url: str) -> dict[str, int]:
-    """Predict one image shard into its part file (``pid`` says which process did it)."""
+def _predict_one(
+    shard: str, shards_dir: str, parts_dir: str, model_url: str, engine: str = "auto", graphs_dir: str | None = None
+) -> dict[str, Any]:
+    """Predict one image shard into its part file (``pid`` says which process did it, ``engine`` on what)."""
     with MODEL_LOCK:
-        predictor = cached_predictor(model_url)
-        torch.set_num_threads(worker_threads() or default_workers())
+        threads = worker_threads()
+        predictor = cached_predictor(model_url, engine, graphs_dir, threads)
+        torch.set_num_threads(threads or default_workers())
         rows = predict_shard(predictor, as_path(shards_dir) / shard, parts_dir)
-    return {"rows": rows, "pid": os.getpid()}
+    return {"rows": rows, "pid": os.getpid(), "engine": predictor.engine}
 
 
 predict_one_task = task(name="predict-one", task_run_name="predict-{shard}", **PER_SHARD)(_predict_one)

@@ -9,43 +9,66 @@ sets of figures are logged.
 
 from __future__ import annotations
 
+import base64
+import io
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.models import infer_signature
-from mlflow.pyfunc import PythonModel
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from prefect import task
 
-from tasks.stages import PipelineConfig, _run
+from tasks.config import PipelineConfig
+from tasks.lineage import stage_run
 from tasks.tracking import MODEL_NAME, file_hash
-from worldnet.evaluate import resolve_head_mode
+from worldnet.features.engine import OnnxBackbone, build_engine
+from worldnet.head_modes import resolve_head_mode
+from worldnet.models.predictor import load_worldnet
 from worldnet.storage import local_copy
 
-PIP_REQUIREMENTS = ["worldnet", "torch==2.14.1", "torchvision==0.29.1", "timm", "polars", "shapely>=2", "geopandas>=1"]
+PIP_REQUIREMENTS = [
+    "worldnet",
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "timm",
+    "onnxruntime>=1.20,<2",
+    "polars",
+    "shapely>=2",
+    "geopandas>=1",
+]
+
+#: The model's code, logged as code (MLflow's models from code): loading it unpickles nothing.
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
-class WorldNetPyfunc(PythonModel):
-    """pyfunc wrapper: a DataFrame of image paths in, coordinates and top clusters out."""
+def model_signature() -> ModelSignature:
+    """Photos (base64, or a path where the loader allows it) in; one answer per row out; ``top_k`` as a parameter."""
+    inputs = Schema([ColSpec("string", "photo", required=False), ColSpec("string", "path", required=False)])
+    outputs = Schema(
+        [
+            ColSpec("string", "status"),
+            ColSpec("string", "error"),
+            ColSpec("double", "lat", required=False),
+            ColSpec("double", "lon", required=False),
+            ColSpec("string", "country", required=False),
+            ColSpec("string", "continent", required=False),
+            ColSpec("string", "top_clusters", required=False),
+            ColSpec("double", "snapped_km", required=False),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("top_k", "long", 3)]))
 
-    def load_context(self, context: Any) -> None:
-        from worldnet.models.predictor import Predictor
 
-        self.predictor = Predictor.load(context.artifacts["worldnet"])
+def example_photo() -> str:
+    """A small grey street-less photo, base64: the logged input example (its answer is the logged output example)."""
+    from PIL import Image
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        top_k = int((params or {}).get("top_k", 3))
-        preds = self.predictor.predict_paths([str(p) for p in model_input["path"]], top_k=top_k)
-        return pd.DataFrame(
-            {
-                "lat": [p.lat for p in preds],
-                "lon": [p.lon for p in preds],
-                "country": [p.country for p in preds],
-                "continent": [p.continent for p in preds],
-                "top_clusters": [";".join(f"{n}:{q:.4f}" for n, q in p.top_clusters) for p in preds],
-            }
-        )
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 32), (128, 128, 128)).save(buf, format="JPEG")
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _current_champion_scores(client: MlflowClient) -> dict[str, Any] | None:
@@ -69,20 +92,20 @@ def register_task(cfg: PipelineConfig, scores: dict[str, float], parent_run_id: 
     model_file = cat.require("worldnet_model", protocol="seen", mode=resolve_head_mode(cfg.head_mode, "seen"))
     client = MlflowClient()
     split_hash = file_hash(cat.require("splits"))
-    with _run(cfg, "register", parent_run_id) as run, local_copy(model_file) as local_model:
+    with stage_run(cfg, "register", parent_run_id) as run, local_copy(model_file) as local_model:
         mlflow.log_metrics({f"{p}_mean_km": v for p, v in scores.items()})
         mlflow.set_tag("split_sha256", split_hash)
-        example = pd.DataFrame({"path": ["photo.jpg"]})
-        signature = infer_signature(
-            example,
-            pd.DataFrame({"lat": [0.0], "lon": [0.0], "country": ["FR"], "continent": ["Europe"], "top_clusters": ["PRS:0.9"]}),
-            params={"top_k": 3},
-        )
+        wn, backbone, _ = load_worldnet(local_model)
+        engine = build_engine(backbone, cfg.backbone_weights, wn.frame, engine="onnx", graphs_dir=cat.path("onnx_graphs"))
+        artifacts = {"worldnet": str(local_model)}
+        if isinstance(engine, OnnxBackbone):  # shipped with the model, so serving needs no export
+            artifacts["onnx_graphs"] = engine.path
         info = mlflow.pyfunc.log_model(
             name="predictor",
-            python_model=WorldNetPyfunc(),
-            artifacts={"worldnet": str(local_model)},
-            signature=signature,
+            python_model=str(MODEL_CODE),
+            artifacts=artifacts,
+            signature=model_signature(),
+            input_example=pd.DataFrame({"photo": [example_photo()]}),
             pip_requirements=PIP_REQUIREMENTS,
             registered_model_name=MODEL_NAME,
         )

@@ -87,6 +87,23 @@ def registry_model_file(model: str, tracking_root: Path) -> Path:
     return found[0]
 
 
+def registry_label(model: str) -> str:
+    """``worldnet v3 (@champion)`` for ``models:/worldnet@champion``; the URI itself if the registry cannot say.
+
+    Call after :func:`registry_model_file` (which points MLflow at the store).
+    """
+    body = model.removeprefix("models:/")
+    client = mlflow.MlflowClient()
+    try:
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            return f"{name} v{client.get_model_version_by_alias(name, alias).version} (@{alias})"
+        name, _, version = body.partition("/")
+        return f"{name} v{client.get_model_version(name, version).version}"
+    except Exception:  # noqa: BLE001 - a label only
+        return model
+
+
 def file_hash(path: Path | UPath) -> str:
     """sha256 of a file, or of a folder's files (names and bytes) in sorted order (any fsspec backend)."""
     h = hashlib.sha256()
@@ -98,3 +115,24 @@ def file_hash(path: Path | UPath) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+ABANDONED_NOTE = "the process running it ended without closing it (killed?); marked FAILED by the next run on this catalog root"
+
+
+def fail_abandoned_runs(root_id: str) -> list[str]:
+    """Mark this root's MLflow runs still ``RUNNING`` as ``FAILED``; returns their ids.
+
+    Call it holding the root's lock (:func:`tasks.records.root_lock`): then no
+    live process can own such a run, so each was left by a run that was killed
+    (``kill -9``, power loss) before MLflow could close it.
+    """
+    client = mlflow.MlflowClient()
+    runs = client.search_runs(
+        experiment_ids=[e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`worldnet.root_id` = '{root_id}' and attributes.status = 'RUNNING'",
+    )
+    for r in runs:
+        client.set_tag(r.info.run_id, "worldnet.abandoned", ABANDONED_NOTE)
+        client.set_terminated(r.info.run_id, status="FAILED")
+    return [r.info.run_id for r in runs]

@@ -17,6 +17,7 @@ from worldnet.clustering import assign_to_centroids, cluster_locations
 from worldnet.geo.land import snap_to_land
 from worldnet.geo.regions import continent_of
 from worldnet.geo.sphere import haversine_km
+from worldnet.head_modes import other_head_mode, resolve_head_mode
 from worldnet.metrics import distance_summary
 from worldnet.models.baselines import (
     MeanModel,
@@ -325,33 +326,6 @@ def cross_validate(
 
 
 #: Head modes a run may report as ``worldNET``: a trained mode, or ``auto`` (per protocol, see :func:`resolve_head_mode`).
-REPORT_HEAD_MODES = ("auto", "in_sample", "crossfit")
-
-
-def resolve_head_mode(mode: str, protocol: str) -> str:
-    """The trained head reported as ``worldNET`` on ``protocol``.
-
-    ``auto``: ``crossfit`` on the seen protocol (its folds hold out places,
-    as the test does) and ``in_sample`` on unseen cities. Measured on both the
-    synthetic world and real US-West Street View (docs/method.md), each is
-    the better head on its protocol.
-
-    Raises:
-        ValueError: For an unknown mode.
-    """
-    if mode not in REPORT_HEAD_MODES:
-        raise ValueError(f"unknown head mode {mode!r}; choose one of {', '.join(REPORT_HEAD_MODES)}")
-    if mode == "auto":
-        return "crossfit" if protocol == "seen" else "in_sample"
-    return mode
-
-
-def other_head_mode(mode: str) -> tuple[str, str]:
-    """The head mode reported beside ``mode``, and its row label."""
-    other = "in_sample" if mode == "crossfit" else "crossfit"
-    return other, f"worldNET ({other.replace('_', '-')})"
-
-
 def run_protocol(
     X: np.ndarray,
     labels: pl.DataFrame,

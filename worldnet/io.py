@@ -25,6 +25,20 @@ TMP_SUFFIX = ".tmp-worldnet"
 PathArg = str | os.PathLike[str] | UPath
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` would, for a moment, for every thread)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    mask = os.umask(0o022)  # pragma: no cover
+    os.umask(mask)  # pragma: no cover
+    return mask  # pragma: no cover
+
+
 @contextmanager
 def atomic_path(path: PathArg) -> Iterator[Path]:
     """Yield a local temporary path; on success it becomes ``path`` in one step.
@@ -45,6 +59,7 @@ def atomic_path(path: PathArg) -> Iterator[Path]:
     final = local_path(target)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TMP_SUFFIX, dir=final.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would lock out the team sharing this root
     os.close(fd)
     tmp_path = Path(tmp_name)
     try:

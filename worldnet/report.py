@@ -38,11 +38,19 @@ def markdown_table(metrics: pl.DataFrame) -> str:
     return "\n".join([head, *rows])
 
 
-def write_report(results: list[ProtocolResult], out_dir: str | Path | UPath, *, n_map: int = 150, seed: int = 0) -> dict[str, UPath]:
-    """Write report.md, metrics.csv and the plots (to a folder or fsspec URL); returns the paths by name."""
+def write_report(
+    results: list[ProtocolResult], out_dir: str | Path | UPath, *, n_map: int = 150, seed: int = 0, input_line: str | None = None
+) -> dict[str, UPath]:
+    """Write report.md, metrics.csv and the plots (to a folder or fsspec URL); returns the paths by name.
+
+    ``input_line`` (see :class:`worldnet.data.ingest.InputSummary`) opens the
+    report, so a reader sees what the figures rest on and what was left out.
+    """
     out = as_path(out_dir)
     paths: dict[str, UPath] = {}
     md = ["# worldnet results", ""]
+    if input_line:
+        md += [input_line, ""]
     figure = {"seen": "4a", "unseen": "4b"}
     for r in results:
         md += [f"## Figure {figure.get(r.protocol, '')}: {PROTOCOL_TITLES[r.protocol]}", "", "```text", paper_table(r.metrics), "```", ""]

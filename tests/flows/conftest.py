@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from tasks.stages import PipelineConfig
+from tasks.config import PipelineConfig
 from worldnet.data.synthetic import SynthConfig, generate
+from worldnet.models.predictor import save_worldnet
+from worldnet.models.worldnet_model import TrainConfig, fit_worldnet
+
+CENTROIDS = np.array([[40.4, -3.7], [13.7, 100.5], [42.4, -71.1]])
+NAMES = ["Madrid", "Bangkok", "Boston"]
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +41,15 @@ def small_cfg(data, root) -> PipelineConfig:
         image_height=48,
         progress=False,
     )
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A worldNET over the tiny random backbone (3 clusters, 64x48 frame), trained in a second on random features."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 32)).astype(np.float32)
+    y = np.arange(90) % 3
+    latlon = CENTROIDS[y] + rng.normal(scale=0.2, size=(90, 2))
+    wn = fit_worldnet(X, y, latlon, y.astype(str), X[:15], y[:15], CENTROIDS, NAMES, cfg=TrainConfig(max_epochs=3, head_epochs=3))
+    wn.frame = (64, 48)
+    return save_worldnet(wn, tmp_path_factory.mktemp("model") / "worldnet.pt", backbone="tiny_random")

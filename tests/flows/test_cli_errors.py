@@ -66,3 +66,28 @@ def test_mistakes_in_options_are_answered_before_anything_starts(tmp_path):
         assert res.exit_code == 2, (extra, res.output)
         assert message in res.output and "Traceback" not in res.output, (extra, res.output)
     assert time.perf_counter() - t < 3 * len(cases)
+
+
+def test_argument_errors_are_answered_without_loading_torch_prefect_or_mlflow(tmp_path):
+    """What keeps a mistake's answer under a second: the checks import none of the heavy libraries (about 4 s of imports)."""
+    probe = (
+        "import sys\n"
+        "from flows.cli import app\n"
+        "for args in (['--only', 'bogus'], ['--backbone', 'nope'], ['--head-mode', 'x'], ['--debias', 'y']):\n"
+        "    try:\n"
+        f"        app(['run', '--data-root', {str(tmp_path)!r}, *args])\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 2, (args, exc.code)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'prefect', 'mlflow', 'timm', 'sklearn'}))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]", res.stdout
+
+
+def test_pipeline_defaults_are_the_trainers_defaults():
+    from tasks.config import PipelineConfig
+    from worldnet.models.worldnet_model import TrainConfig
+
+    cfg, train = PipelineConfig(), TrainConfig()
+    assert (cfg.classifier, cfg.crossfit_weight_decay) == (train.classifier, train.crossfit_weight_decay)

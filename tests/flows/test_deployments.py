@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_prefect_yaml_declares_nightly_schedule_and_every_stage():
-    from tasks.stages import STAGES
+    from tasks.config import STAGES
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in spec["deployments"]}

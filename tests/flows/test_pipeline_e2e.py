@@ -1,16 +1,21 @@
 """The whole chain on a tiny world: real Prefect (test harness), real SQLite MLflow, real registry."""
 
+import io
 import json
+from dataclasses import replace
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.pipeline import pipeline, select_stages
-from tasks.stages import STAGES, PipelineConfig
+from tasks.config import STAGES, PipelineConfig
+from tasks.records import root_id
 from worldnet.catalog import Catalog, MissingArtifactError
+from worldnet.data.ingest import StrictModeError
 from worldnet.data.synthetic import SynthConfig, generate
 
 
@@ -31,6 +36,13 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tmp_path / "data"
     generate(SynthConfig(out=data, cities=["Madrid", "PRS", "Bangkok", "Boston", "Melbourne"], per_city=16, size=(64, 48)), progress=False)
+    png_as_jpg = sorted((data / "Images" / "Madrid").glob("*.jpg"))[0]  # a PNG under a .jpg name: read like any photo
+    buf = io.BytesIO()
+    Image.open(png_as_jpg).save(buf, format="PNG")
+    png_as_jpg.write_bytes(buf.getvalue())
+    truncated = sorted((data / "Images" / "Boston").glob("*.jpg"))[0]  # passes ingest's header check, fails to decode
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    n_rows = sum(len(f.read_text().splitlines()) - 1 for f in (data / "Dataframes").glob("*.csv"))
     cfg = PipelineConfig(
         data_root=str(data),
         root=str(tmp_path / "root"),
@@ -43,6 +55,12 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
     )
     out = pipeline(cfg)
     cat = cfg.catalog()
+    # one input line: read, kept, rejected by reason, where the rejects are; the report repeats it
+    want = f"input: {n_rows} read, {n_rows - 1} kept, 1 rejected (1 corrupt_image); rejects: {cat.path('shard_rejects')}"
+    assert out["input"] == want
+    assert want in (cat.path("report") / "report.md").read_text()
+    assert str(png_as_jpg) in cat.load("manifest_raw")["path"].to_list()
+    assert cat.load("shard_rejects")["path"].to_list() == [str(truncated)]
     for name in ("manifest_raw", "rejects", "manifest_debiased", "splits", "image_shards", "feature_shards", "report"):
         assert cat.exists(name), name
     for proto in ("seen", "unseen"):
@@ -61,8 +79,7 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
     champion = client.get_model_version_by_alias("worldnet", "champion")
     assert str(champion.version) == out["register"]["version"]
 
-    img = next((data / "Images" / "Madrid").glob("*.jpg"))
-    res = CliRunner().invoke(app, ["predict", str(img), "--root", cfg.root, "--json"])
+    res = CliRunner().invoke(app, ["predict", str(png_as_jpg), "--root", cfg.root, "--json"])
     assert res.exit_code == 0, res.output
     line = json.loads([ln for ln in res.output.splitlines() if ln.startswith("{")][0])
     assert -90 <= line["lat"] <= 90 and -180 <= line["lon"] <= 180
@@ -81,6 +98,17 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
     assert {again["states"][s] for s in upstream} == {"Up to date"}, again["states"]
     assert again["states"]["evaluate"] == "Completed"
     assert cat.load("metrics", protocol="seen").equals(metrics_before)
+
+    # --strict also fails on what only the shard stage finds; the error names the reason
+    with pytest.raises(StrictModeError, match="1 × corrupt_image"):
+        pipeline(replace(cfg, strict=True), only="shard")
+
+    # a run a killed process left RUNNING is marked FAILED by the next run on the root
+    exp = client.get_experiment_by_name("worldnet").experiment_id
+    orphan = client.create_run(exp, tags={"worldnet.root_id": root_id(cat.root), "stage": "train_classifier"}).info.run_id
+    later = pipeline(cfg, only="report")
+    assert later["abandoned_runs"] == [orphan]
+    assert client.get_run(orphan).info.status == "FAILED" and "killed" in client.get_run(orphan).data.tags["worldnet.abandoned"]
 
     # a second registration with the same scores on the same split stays challenger
     reg = pipeline(cfg, only="register")["register"]

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.predict import predict_batch
+from tests.flows.conftest import NAMES
 from worldnet.catalog import Catalog
 from worldnet.data.synthetic import SynthConfig, generate
-from worldnet.models.predictor import save_worldnet
-from worldnet.models.worldnet_model import TrainConfig, fit_worldnet
-
-CENTROIDS = np.array([[40.4, -3.7], [13.7, 100.5], [42.4, -71.1]])
-NAMES = ["Madrid", "Bangkok", "Boston"]
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(90, 32)).astype(np.float32)
-    y = np.arange(90) % 3
-    latlon = CENTROIDS[y] + rng.normal(scale=0.2, size=(90, 2))
-    wn = fit_worldnet(X, y, latlon, y.astype(str), X[:15], y[:15], CENTROIDS, NAMES, cfg=TrainConfig(max_epochs=3, head_epochs=3))
-    return save_worldnet(wn, tmp_path_factory.mktemp("model") / "worldnet.pt", backbone="tiny_random")
 
 
 def test_predict_batch_predicts_every_good_photo_and_lists_the_bad(harness, model_file, tmp_path):
@@ -34,14 +18,16 @@ def test_predict_batch_predicts_every_good_photo_and_lists_the_bad(harness, mode
     n_photos = len(list(photos.rglob("*.jpg")))
     root = tmp_path / "root"
     out = predict_batch(str(photos), "b1", str(model_file), str(root), shard_size=4, progress=False)
-    assert out["photos"] == n_photos and out["predicted"] == n_photos - 1 and out["rejects"] == 1
+    csvs = sorted(f.relative_to(photos).as_posix() for f in photos.rglob("*.csv"))  # not photos: listed, never silently left out
+    assert out["photos"] == n_photos and out["predicted"] == n_photos - 1 and out["rejects"] == 1 + len(csvs)
     cat = Catalog.from_yaml(root, batch="b1")
     table = cat.load("batch_predictions")
     assert table.height == n_photos - 1 and table["image_id"].n_unique() == table.height
     assert table["lat"].is_between(-90, 90).all() and table["lon"].is_between(-180, 180).all()
     assert set(table["top_cluster"]) <= set(NAMES)
     rejects = cat.load("batch_rejects")
-    assert rejects["image_id"].to_list() == ["Images/broken.jpg"] and rejects["reason"].to_list() == ["corrupt_image"]
+    assert rejects["image_id"].to_list() == [*csvs, "Images/broken.jpg"]
+    assert rejects["reason"].to_list() == ["not_a_photo"] * len(csvs) + ["corrupt_image"]
     assert cat.path("batch_model").read_bytes() == model_file.read_bytes()
     # a rerun reuses every part and gives the same table
     again = predict_batch(str(photos), "b1", str(model_file), str(root), shard_size=4, progress=False)

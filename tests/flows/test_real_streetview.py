@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from flows.pipeline import pipeline
-from tasks.stages import STAGES, PipelineConfig
+from tasks.config import STAGES, PipelineConfig
 from worldnet.data.ingest import ingest
 
 

@@ -19,8 +19,8 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import pipeline
+from tasks.config import STAGES, PipelineConfig
 from tasks.records import RootBusyError, root_lock
-from tasks.stages import STAGES, PipelineConfig
 from worldnet.data.synthetic import SynthConfig, generate
 
 MODEL_STAGES = ["cluster", "train_classifier", "train_interpolation", "train_baselines", "evaluate", "report"]

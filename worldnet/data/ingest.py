@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
+from worldnet.data.photos import HEAD_BYTES, describe_head, sniff_format
 from worldnet.data.schema import (
     MANIFEST_SCHEMA,
     MAX_YEAR,
@@ -34,7 +36,6 @@ from worldnet.data.schema import (
 from worldnet.geo.regions import continent_of
 
 GSV_COLUMNS = ("place_id", "year", "month", "northdeg", "city_id", "lat", "lon", "panoid")
-JPEG_MAGIC = b"\xff\xd8\xff"
 COORD_TOLERANCE_DEG = 1e-5
 
 
@@ -285,6 +286,18 @@ def read_csv_table(csv_path: str | os.PathLike[str], image_root: str | os.PathLi
             if rec.get("path"):
                 path = Path(rec["path"])
                 path = path if path.is_absolute() else root / path
+                if not path.resolve().is_relative_to(root):
+                    rejects.append(
+                        {
+                            "source": str(csv_path),
+                            "row": line_no,
+                            "image_id": rec.get("image_id") or None,
+                            "path": rec["path"],
+                            "reason": "path_outside_dataset",
+                            "detail": f"resolves outside {root}; photos must sit in the CSV's folder or below it (it was not opened)",
+                        }
+                    )
+                    continue
             else:
                 cand = root / "images" / f"{rec['image_id']}.jpg"
                 path = cand if cand.exists() else root / f"{rec['image_id']}.jpg"
@@ -324,6 +337,8 @@ def validate(manifest: pl.DataFrame, *, check_files: bool = True, source: str = 
     Full decoding happens in the shard stage, which reports corrupt files too.
     Good rows get their continent.
     """
+    if manifest.height == 0:  # nothing to check (and no literal column may conjure a row out of nothing)
+        return manifest.select(list(MANIFEST_SCHEMA)), empty_rejects()
     df = manifest.with_row_index("_i")
     if "_row" not in df.columns:
         df = df.with_columns(_row=pl.lit(None, dtype=pl.Int64))
@@ -387,7 +402,7 @@ def _check_files(paths: list[str | None]) -> tuple[list[str | None], list[str | 
             continue
         try:
             with open(p, "rb") as fh:
-                head = fh.read(3)
+                head = fh.read(HEAD_BYTES)
         except FileNotFoundError:
             reasons.append("missing_image")
             details.append(f"no file {p}")
@@ -399,9 +414,9 @@ def _check_files(paths: list[str | None]) -> tuple[list[str | None], list[str | 
         if not head:
             reasons.append("empty_file")
             details.append("zero bytes")
-        elif head != JPEG_MAGIC:
+        elif sniff_format(head) is None:
             reasons.append("not_an_image")
-            details.append(f"starts with {head!r}, not a JPEG header")
+            details.append(describe_head(head))
         else:
             reasons.append(None)
             details.append(None)
@@ -450,6 +465,61 @@ def reject_counts(rejects: pl.DataFrame) -> dict[str, int]:
     return dict(zip(counts["reason"].to_list(), (int(x) for x in counts["len"].to_list()), strict=True))
 
 
+class EmptyDatasetError(ValueError):
+    """Nothing usable was read: an empty dataset, or every row rejected."""
+
+
+def require_rows(manifest: pl.DataFrame, rejects: pl.DataFrame, location: str, rejects_path: str | None = None) -> None:
+    """Stop with one line that says why, when no row survived ingest (instead of failing later in the split).
+
+    Raises:
+        EmptyDatasetError: ``manifest`` is empty.
+    """
+    if manifest.height:
+        return
+    where = f"; see {rejects_path}" if rejects_path else ""
+    if rejects.height == 0:
+        raise EmptyDatasetError(f"{location} lists no photos (are its CSVs header-only?): give a dataset with at least one row")
+    counts = ", ".join(f"{n} {r}" for r, n in reject_counts(rejects).items())
+    raise EmptyDatasetError(f"no usable rows in {location}: all {rejects.height} were rejected ({counts}){where}")
+
+
+@dataclass(frozen=True)
+class InputSummary:
+    """What became of the input: read, kept, and rejected by reason, with where the rejects are listed."""
+
+    read: int
+    kept: int
+    rejected: dict[str, int]
+    rejects_paths: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        """``input: 1,707 read, 1,700 kept, 7 rejected (3 missing_image, 4 not_an_image); rejects: PATH``."""
+        n_rej = sum(self.rejected.values())
+        text = f"input: {self.read:,} read, {self.kept:,} kept, {n_rej:,} rejected"
+        if n_rej:
+            text += " (" + ", ".join(f"{n:,} {r}" for r, n in sorted(self.rejected.items())) + ")"
+            if self.rejects_paths:
+                text += "; rejects: " + ", ".join(self.rejects_paths)
+        return text
+
+
+def input_summary(kept: int, *rejects: tuple[pl.DataFrame, str | None]) -> InputSummary:
+    """An :class:`InputSummary` from the rows kept and each ``(rejects table, its path)``.
+
+    ``kept`` is what is left after every table (e.g. ingest's rows minus the
+    shard stage's corrupt images); ``read`` counts kept and rejected alike.
+    """
+    counts: dict[str, int] = {}
+    paths: list[str] = []
+    for table, path in rejects:
+        for r, n in reject_counts(table).items():
+            counts[r] = counts.get(r, 0) + n
+        if table.height and path:
+            paths.append(path)
+    return InputSummary(read=kept + sum(counts.values()), kept=kept, rejected=counts, rejects_paths=tuple(paths))
+
+
 class StrictModeError(ValueError):
     """``--strict`` was given and some rows were rejected."""
 
@@ -465,4 +535,17 @@ def enforce_strict(rejects: pl.DataFrame) -> None:
         )
 
 
-__all__ = ["enforce_strict", "ingest", "read_csv_table", "read_flat", "read_gsv_cities", "read_gsv_metadata", "reject_counts", "validate"]
+__all__ = [
+    "EmptyDatasetError",
+    "InputSummary",
+    "enforce_strict",
+    "ingest",
+    "input_summary",
+    "require_rows",
+    "read_csv_table",
+    "read_flat",
+    "read_gsv_cities",
+    "read_gsv_metadata",
+    "reject_counts",
+    "validate",
+]

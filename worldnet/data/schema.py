@@ -100,7 +100,9 @@ def rejects_frame(rows: list[dict[str, object]]) -> pl.DataFrame:
 
 
 def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    """Select and cast ``df`` to ``schema`` (missing columns become null)."""
+    """Select and cast ``df`` to ``schema`` (missing columns become null; no rows in, no rows out)."""
+    if df.height == 0:  # a select of literals on a column-less frame would make one all-null row
+        return pl.DataFrame(schema=schema)
     cols = [(pl.col(name).cast(dtype) if name in df.columns else pl.lit(None, dtype=dtype)).alias(name) for name, dtype in schema.items()]
     return df.select(cols)
 

@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 from upath import UPath
 
+from worldnet.data.photos import HEAD_BYTES, describe_head, sniff_format
 from worldnet.data.schema import rejects_frame
 from worldnet.io import atomic_path, write_text_atomic
 from worldnet.parallel import process_pool
@@ -93,7 +94,9 @@ def shard_name(k: int) -> str:
 
 
 def decode_resize(data: bytes, width: int, height: int) -> Image.Image:
-    """Decode JPEG bytes and resize to cover ``width``×``height``, then centre-crop."""
+    """Decode photo bytes (any format of :func:`~worldnet.data.photos.sniff_format`), cover ``width``×``height``, centre-crop."""
+    if sniff_format(data[:HEAD_BYTES]) is None:
+        raise ValueError(describe_head(data[:HEAD_BYTES]))
     img: Image.Image = Image.open(io.BytesIO(data))
     if img.width * img.height > MAX_PIXELS:
         raise ValueError(f"image is {img.width}x{img.height}, over the {MAX_PIXELS:,}-pixel limit")

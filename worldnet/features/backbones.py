@@ -18,9 +18,15 @@ from typing import cast
 import torch
 from torch import nn
 
+from worldnet.features.names import BACKBONE_NAMES, DEFAULT_BACKBONE, available_backbones
+
 
 class WeightsNotFoundError(FileNotFoundError):
     """Pretrained weights are not on this machine (worldnet never downloads them)."""
+
+
+class BadWeightsError(ValueError):
+    """A weights file exists but does not hold this backbone's weights (a user error: never retried)."""
 
 
 @dataclass(frozen=True)
@@ -165,8 +171,14 @@ def _vgg19(weights: str | os.PathLike[str] | None) -> Backbone:
     from torchvision.models import vgg19
 
     model = vgg19(weights=None)
-    state = torch.load(vgg19_weights_path(weights), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    path = vgg19_weights_path(weights)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # noqa: BLE001 - a garbage or foreign file raises many types; all mean the same
+        raise BadWeightsError(
+            f"{path} is not torchvision's VGG19 weights ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+            f"pass the {VGG19_FILE} file with --weights"
+        ) from None
     spec = BackboneSpec("vgg19", (300, 400), IMAGENET_MEAN, IMAGENET_STD, 512, True)
     return Backbone(spec, model.features, 512)
 
@@ -204,15 +216,8 @@ _REGISTRY: dict[str, Callable[[str | os.PathLike[str] | None], Backbone]] = {
     "tiny_random": lambda w: _tiny_random(),
 }
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
-
-#: Backbones whose weights the user supplies as a file (``--weights``); the others ship theirs or need none.
-BACKBONES_WITH_WEIGHTS = ("vgg19",)
-
-
-def available_backbones() -> list[str]:
-    """Names accepted by :func:`build_backbone`."""
-    return sorted(_REGISTRY)
+if set(_REGISTRY) != set(BACKBONE_NAMES):  # pragma: no cover - a developer added a backbone in one place only
+    raise RuntimeError(f"worldnet.features.names.BACKBONE_NAMES {BACKBONE_NAMES} must list the backbones built here: {sorted(_REGISTRY)}")
 
 
 def input_size_for(spec: BackboneSpec, frame: tuple[int, int] | None) -> tuple[int, int]:

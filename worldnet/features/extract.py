@@ -33,6 +33,7 @@ from upath import UPath
 from worldnet.data.dataset import ShardBatch, ShardBatchDataset
 from worldnet.data.shards import shard_paths
 from worldnet.features.backbones import Backbone, BackboneSpec
+from worldnet.features.engine import OnnxBackbone
 from worldnet.features.preprocess import load_rgb, normalise_batch, to_array
 from worldnet.features.runtime import tune_cpu_allocator
 from worldnet.io import write_text_atomic, write_with_atomic
@@ -160,7 +161,7 @@ def default_loader_workers(device: torch.device) -> int:
 
 
 def extract_features(
-    backbone: Backbone,
+    backbone: Backbone | OnnxBackbone,
     shards_dir: str | Path | UPath,
     out_dir: str | Path | UPath,
     *,
@@ -180,7 +181,8 @@ def extract_features(
     flight and a rerun redoes only those.
 
     Args:
-        backbone: A registered backbone (see ``build_backbone``).
+        backbone: A registered backbone (see ``build_backbone``), or its ONNX
+            Runtime engine (:func:`worldnet.features.engine.onnx_backbone`; CPU, pooled features).
         shards_dir: Folder of image shards from the shard stage.
         out_dir: Folder (or fsspec URL) for ``feat-k.npy`` + ``feat-k.parquet`` pairs.
         only: Embed just these image shards (file names); the pipeline maps
@@ -209,7 +211,12 @@ def extract_features(
         torch.set_num_threads(n_threads)
     workers = default_loader_workers(dev) if loader_workers is None else loader_workers
     channels_last = True
-    model = backbone.to(dev).eval().to(memory_format=torch.channels_last)
+    if isinstance(backbone, OnnxBackbone):
+        if flat or dev.type != "cpu":
+            raise ValueError("the onnx engine gives pooled features on the CPU; use --engine torch for flat features or CUDA")
+        onnx, channels_last = backbone, False
+    else:
+        model = backbone.to(dev).eval().to(memory_format=torch.channels_last)
     use_amp = dev.type == "cuda"
     shards = _select_shards(shards_dir, only)
     todo: list[tuple[UPath, pl.DataFrame]] = []
@@ -232,7 +239,10 @@ def extract_features(
     with torch.inference_mode(), torch.autocast(dev.type, enabled=use_amp):
         for batch in batches:
             x = normalise_batch(batch.images.to(dev, non_blocking=True), backbone.spec, channels_last=channels_last)
-            feats = model(x, flat=flat).float().cpu().numpy().astype(np.float16)
+            if isinstance(backbone, OnnxBackbone):
+                feats = onnx(x.numpy()).astype(np.float16)
+            else:
+                feats = model(x, flat=flat).float().cpu().numpy().astype(np.float16)
             ids, chunks = pending.setdefault(batch.shard, ([], []))
             ids.extend(batch.ids)
             chunks.append(feats)

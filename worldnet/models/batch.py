@@ -16,14 +16,14 @@ import polars as pl
 import torch
 from upath import UPath
 
+from worldnet.data.photos import PHOTO_SUFFIXES, list_photos
+from worldnet.data.schema import rejects_frame
 from worldnet.data.shards import iter_shard_rows
 from worldnet.features.extract import decode_for
 from worldnet.features.preprocess import normalise_batch
 from worldnet.io import write_with_atomic
 from worldnet.models.predictor import Predictor
 from worldnet.storage import as_path, read_parquet, sorted_glob
-
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 PREDICTION_SCHEMA = {
     "image_id": pl.String,
@@ -37,11 +37,14 @@ PREDICTION_SCHEMA = {
 }
 
 
-def photo_table(folder: str | os.PathLike[str]) -> pl.DataFrame:
-    """Every photo under ``folder`` (recursively), as rows the shard writer takes.
+def photo_table(folder: str | os.PathLike[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Every photo under ``folder`` (recursively), as rows the shard writer takes, and the files left out.
 
     ``image_id`` is the path relative to ``folder``, so names may repeat across
     sub-folders. Location columns are empty: these photos are what we predict.
+    Files that are not photos by name (:data:`~worldnet.data.photos.PHOTO_SUFFIXES`,
+    the formats ``predict`` reads) come back as rejects (``not_a_photo``), so
+    nothing under the folder is silently ignored.
 
     Raises:
         FileNotFoundError: ``folder`` is not a folder, or holds no photos.
@@ -49,11 +52,23 @@ def photo_table(folder: str | os.PathLike[str]) -> pl.DataFrame:
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder of photos: pass the folder that holds them")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+    files, skipped = list_photos(root)
     if not files:
-        raise FileNotFoundError(f"no {'/'.join(PHOTO_SUFFIXES)} files under {root}")
+        raise FileNotFoundError(f"no photos ({'/'.join(PHOTO_SUFFIXES)}) under {root}; {len(skipped)} other files")
     n = len(files)
-    return pl.DataFrame(
+    left_out = rejects_frame(
+        [
+            {
+                "source": str(root),
+                "image_id": p.relative_to(root).as_posix(),
+                "path": str(p),
+                "reason": "not_a_photo",
+                "detail": f"name ends {p.suffix or '(no suffix)'}: not one of {' '.join(PHOTO_SUFFIXES)} (or a hidden file)",
+            }
+            for p in skipped
+        ]
+    )
+    table = pl.DataFrame(
         {
             "image_id": [p.relative_to(root).as_posix() for p in files],
             "city": [""] * n,
@@ -65,6 +80,7 @@ def photo_table(folder: str | os.PathLike[str]) -> pl.DataFrame:
             "path": [str(p) for p in files],
         }
     )
+    return table, left_out
 
 
 def part_name(shard: str) -> str:
@@ -86,12 +102,10 @@ def predict_shard(predictor: Predictor, shard: str | Path | UPath, parts_dir: st
     spec = predictor.backbone.spec
     ids: list[str] = []
     feats: list[np.ndarray] = []
-    with torch.inference_mode():
-        for batch in iter_shard_rows(shard_path, ["image_id", "jpeg"], batch_size):
-            arrays = np.stack([decode_for(spec, cast(bytes, d)) for d in batch["jpeg"]])
-            x = normalise_batch(torch.from_numpy(arrays), spec)
-            feats.append(predictor.backbone(x).float().numpy())
-            ids.extend(str(i) for i in batch["image_id"])
+    for batch in iter_shard_rows(shard_path, ["image_id", "jpeg"], batch_size):
+        arrays = np.stack([decode_for(spec, cast(bytes, d)) for d in batch["jpeg"]])
+        feats.append(predictor.embed(normalise_batch(torch.from_numpy(arrays), spec)))
+        ids.extend(str(i) for i in batch["image_id"])
     X = np.concatenate(feats) if feats else np.zeros((0, spec.dim), np.float32)
     preds = predictor.predict_features(X, ids, top_k=1) if ids else []
     df = pl.DataFrame(

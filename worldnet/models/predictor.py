@@ -17,8 +17,10 @@ import torch
 from PIL import Image
 from upath import UPath
 
+from worldnet.data.photos import HEAD_BYTES, describe_head, sniff_format
 from worldnet.data.shards import MAX_PIXELS, ShardSpec, frame_photo
-from worldnet.features.backbones import Backbone, build_backbone
+from worldnet.features.backbones import Backbone
+from worldnet.features.engine import OnnxBackbone, build_engine
 from worldnet.features.extract import decode_for
 from worldnet.features.preprocess import normalise_batch
 from worldnet.geo.land import snap_to_land
@@ -89,9 +91,29 @@ def save_classifier(fit: ClassifierFit, path: str | Path | UPath) -> UPath:
     return as_path(path)
 
 
+class NotAModelError(ValueError):
+    """A file given as a model is not one worldnet wrote (a user error: never retried)."""
+
+
 def _torch_load(path: str | Path | UPath) -> dict[str, Any]:
-    with as_path(path).open("rb") as fh:
-        blob: dict[str, Any] = torch.load(fh, map_location="cpu", weights_only=True)
+    """Load a model file written by this module; anything else is a :class:`NotAModelError` that says what to pass.
+
+    ``weights_only=True``: a file holding pickled code is refused, never run.
+    """
+    p = as_path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"model file {path} not found: pass a worldnet .pt file or models:/worldnet@champion")
+    try:
+        with p.open("rb") as fh:
+            blob = torch.load(fh, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - garbage, truncation and pickled code raise many types; all mean the same
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise NotAModelError(
+            f"{path} is not a worldnet model file ({type(exc).__name__}: {reason}); "
+            "pass a .pt that `worldnet run` wrote, or models:/worldnet@champion"
+        ) from None
+    if not isinstance(blob, dict) or "dims" not in blob:
+        raise NotAModelError(f"{path} is a PyTorch file but not a worldnet model; pass a .pt that `worldnet run` wrote")
     return blob
 
 
@@ -167,6 +189,10 @@ def open_image(path: str | Path) -> Image.Image:
     p = Path(path)
     if not p.is_file():
         raise ImageInputError(f"{p}: no such file")
+    with open(p, "rb") as fh:
+        head = fh.read(HEAD_BYTES)
+    if sniff_format(head) is None:
+        raise ImageInputError(f"{p}: {describe_head(head)}")
     try:
         img = Image.open(p)
         if img.width * img.height > MAX_PIXELS:
@@ -179,10 +205,54 @@ def open_image(path: str | Path) -> Image.Image:
     return img.convert("RGB")
 
 
+#: Largest photo a client may send, by default (``worldnet serve --max-upload-mb``).
+MAX_PHOTO_BYTES = 20 * 2**20
+
+
+@dataclass
+class PhotoAnswer:
+    """One photo's outcome: ``status`` is ``ok`` (with ``prediction``) or why not, with a one-line ``error``.
+
+    Statuses: ``ok``, ``empty``, ``too_large`` (bytes), ``too_many_pixels``
+    (a decompression bomb, or just too big to decode), ``not_an_image``,
+    ``corrupt_image`` (truncated or damaged).
+    """
+
+    name: str
+    status: str
+    error: str = ""
+    prediction: Prediction | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        base: dict[str, object] = {"name": self.name, "status": self.status, "error": self.error}
+        if self.prediction is not None:
+            base.update({k: v for k, v in self.prediction.as_dict().items() if k != "path"})
+        return base
+
+
+def photo_problem(data: bytes, max_bytes: int = MAX_PHOTO_BYTES) -> tuple[str, str] | None:
+    """``(status, message)`` if ``data`` cannot be a photo worth decoding, before any decoding; else ``None``."""
+    if not data:
+        return "empty", "the photo is empty (0 bytes)"
+    if len(data) > max_bytes:
+        return "too_large", f"the photo is {len(data) / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit"
+    if sniff_format(data[:HEAD_BYTES]) is None:
+        return "not_an_image", describe_head(data[:HEAD_BYTES])
+    return None
+
+
+def _decode_problem(exc: Exception) -> tuple[str, str]:
+    """A decoder failure as ``(status, one-line message)``: never a stack trace, never a server path."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, Image.DecompressionBombError) or "pixel limit" in text or "decompression bomb" in text.lower():
+        return "too_many_pixels", f"the photo has too many pixels to decode safely (limit {MAX_PIXELS:,})"
+    return "corrupt_image", f"the photo could not be decoded (truncated or damaged): {type(exc).__name__}"
+
+
 class Predictor:
     """A loaded model ready to geolocate photos."""
 
-    def __init__(self, model: WorldNet, backbone: Backbone, snap: bool = True):
+    def __init__(self, model: WorldNet, backbone: Backbone | OnnxBackbone, snap: bool = True):
         self.model = model
         self.backbone = backbone
         self.snap = snap
@@ -190,9 +260,40 @@ class Predictor:
         self.shard_spec = ShardSpec(width=w, height=h)
 
     @classmethod
-    def load(cls, path: str | Path | UPath, weights: str | None = None) -> Predictor:
+    def load(
+        cls,
+        path: str | Path | UPath,
+        weights: str | None = None,
+        *,
+        engine: str = "auto",
+        graphs_dir: str | Path | UPath | None = None,
+        threads: int | None = None,
+    ) -> Predictor:
+        """Load a model file with its backbone on ``engine`` (see :func:`~worldnet.features.engine.build_engine`).
+
+        ``graphs_dir``: where ONNX graphs are cached (the catalog's ``onnx_graphs``); ``None`` exports in memory.
+        """
         wn, backbone, snap = load_worldnet(path)
-        return cls(wn, build_backbone(backbone, weights, wn.frame), snap)
+        return cls(wn, build_engine(backbone, weights, wn.frame, engine=engine, device="cpu", graphs_dir=graphs_dir, threads=threads), snap)
+
+    @property
+    def engine(self) -> str:
+        """``onnx`` or ``torch``: what runs the backbone."""
+        return "onnx" if isinstance(self.backbone, OnnxBackbone) else "torch"
+
+    def embed(self, x: torch.Tensor) -> np.ndarray:
+        """Features of a normalised image batch on this predictor's engine, rounded to float16 as training stored them.
+
+        The rounding matches what the classifier was trained on, and makes an
+        answer independent of the engine's last bits (thread count, engine), so
+        every runner writes byte-identical predictions.
+        """
+        if isinstance(self.backbone, OnnxBackbone):
+            out = self.backbone(x.numpy())
+        else:
+            with torch.inference_mode():
+                out = self.backbone(x).float().numpy()
+        return out.astype(np.float16).astype(np.float32)
 
     def predict_features(self, X: np.ndarray, names: list[str], top_k: int = 3) -> list[Prediction]:
         latlon, probs = self.model.predict(X)
@@ -223,8 +324,29 @@ class Predictor:
         """Backbone features of encoded photos, through the training path (:func:`frame_photo`, then the model's decode)."""
         spec = self.backbone.spec
         arrays = np.stack([decode_for(spec, frame_photo(b, self.shard_spec)) for b in photos])
-        with torch.inference_mode():
-            return self.backbone(normalise_batch(torch.from_numpy(arrays), spec)).float().numpy()
+        return self.embed(normalise_batch(torch.from_numpy(arrays), spec))
+
+    def answer(self, photos: list[bytes], names: list[str], top_k: int = 3, max_bytes: int = MAX_PHOTO_BYTES) -> list[PhotoAnswer]:
+        """Geolocate encoded photos one answer each: a bad photo gets its status, the others their predictions."""
+        answers = [PhotoAnswer(n, "ok") for n in names]
+        framed: list[np.ndarray] = []
+        good: list[int] = []
+        spec = self.backbone.spec
+        for i, data in enumerate(photos):
+            problem = photo_problem(data, max_bytes)
+            if problem is None:
+                try:
+                    framed.append(decode_for(spec, frame_photo(data, self.shard_spec)))
+                    good.append(i)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - every decoder failure is this photo's answer, not a crash
+                    problem = _decode_problem(exc)
+            answers[i].status, answers[i].error = problem
+        if good:
+            X = self.embed(normalise_batch(torch.from_numpy(np.stack(framed)), spec))
+            for i, pred in zip(good, self.predict_features(X, [names[i] for i in good], top_k), strict=True):
+                answers[i].prediction = pred
+        return answers
 
     def predict_paths(self, paths: list[str], top_k: int = 3) -> list[Prediction]:
         """Geolocate photo files (raises :class:`ImageInputError` for a bad one)."""

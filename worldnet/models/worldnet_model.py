@@ -43,9 +43,9 @@ import torch
 from torch import nn
 
 from worldnet.geo.sphere import haversine_km_torch, latlon_to_xyz
+from worldnet.head_modes import HEAD_MODES
 from worldnet.models.linear import fit_softmax, smoothed_targets, torch_threads, training_threads, whitening
 
-HEAD_MODES = ("in_sample", "crossfit")
 CLASSIFIERS = ("linear", "mlp")
 
 

@@ -1,0 +1,189 @@
+"""``worldnet serve``: a model behind a small HTTP API and a page a person can use (FastAPI on uvicorn).
+
+    POST /predict   multipart photos in the field ``file`` (repeat it) → JSON, one answer per photo
+    GET  /          a page: drop or pick a photo, see it on a world map drawn offline
+    GET  /health    the model version that answers, and its engine
+    GET  /land.json the land outlines the page draws (Natural Earth, shipped with the project)
+
+The model is loaded once, at start. Hostile input gets a 4xx status and a
+one-line reason (never a stack trace, never a server path): see
+:func:`status_for`. One bad photo among several gets its own status beside the
+others' answers (HTTP 200); a request whose every photo fails gets that
+failure's status.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from worldnet.models.predictor import MAX_PHOTO_BYTES, PhotoAnswer, Predictor
+
+PAGE = Path(__file__).with_name("web") / "index.html"
+
+#: HTTP status of a request whose every photo failed, by the first photo's status.
+STATUS_CODES = {"empty": 400, "too_large": 413, "too_many_pixels": 413, "not_an_image": 415, "corrupt_image": 422}
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may carry."""
+
+    max_photo_bytes: int = MAX_PHOTO_BYTES
+    max_photos: int = 16
+    top_k: int = 3
+
+
+class ClientError(Exception):
+    """A request this server refuses: ``status`` and a one-line ``reason``."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def status_for(answers: list[PhotoAnswer]) -> int:
+    """200 if any photo was answered; else the first failure's 4xx (:data:`STATUS_CODES`)."""
+    if any(a.status == "ok" for a in answers):
+        return 200
+    return STATUS_CODES.get(answers[0].status, 400) if answers else 400
+
+
+@lru_cache(maxsize=1)
+def land_outlines(tolerance_deg: float = 0.25) -> list[list[list[float]]]:
+    """Land as lon/lat rings, simplified for a page (Natural Earth countries, dissolved; about 200 KB as JSON)."""
+    from shapely import simplify, union_all
+
+    from worldnet.geo.naturalearth import load_countries
+
+    land = simplify(union_all(list(load_countries().geometry)), tolerance_deg)
+    polys = list(getattr(land, "geoms", [land]))
+    rings = []
+    for poly in polys:
+        coords = [[round(x, 2), round(y, 2)] for x, y in poly.exterior.coords]
+        if len(coords) >= 4:
+            rings.append(coords)
+    return rings
+
+
+def create_app(predictor: Predictor, model_label: str, limits: ServeLimits = ServeLimits()) -> FastAPI:
+    """The app serving ``predictor`` (already loaded: every request reuses it)."""
+    app = FastAPI(title="worldnet", description="Continuous GPS prediction from a street-level photo (worldNET).")
+    model_lock = threading.Lock()  # one forward pass at a time: each already uses every core
+    page = PAGE.read_text()
+
+    @app.exception_handler(ClientError)
+    async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
+        return JSONResponse({"error": exc.reason}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "the request does not match the API: see GET /docs"}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:  # never a stack trace to a client
+        return JSONResponse({"error": "internal error; the server log has the details"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        return page
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_label, "engine": predictor.engine}
+
+    @app.get("/land.json")
+    async def land() -> JSONResponse:
+        rings = await run_in_threadpool(land_outlines)
+        return JSONResponse(rings, headers={"Cache-Control": "max-age=86400"})
+
+    @app.post("/predict")
+    async def predict(request: Request, top_k: int | None = None) -> JSONResponse:
+        photos, names = await _read_photos(request, limits)
+        k = max(1, min(top_k or limits.top_k, 10))
+
+        def run() -> list[PhotoAnswer]:
+            with model_lock:
+                return predictor.answer(photos, names, top_k=k, max_bytes=limits.max_photo_bytes)
+
+        answers = await run_in_threadpool(run)
+        body: dict[str, Any] = {"model": model_label, "engine": predictor.engine, "predictions": [_public(a) for a in answers]}
+        code = status_for(answers)
+        if code != 200:
+            body["error"] = f"{answers[0].name}: {answers[0].error}"
+        return JSONResponse(body, status_code=code)
+
+    return app
+
+
+def _public(a: PhotoAnswer) -> dict[str, Any]:
+    """An answer as the API returns it (top clusters as objects)."""
+    out: dict[str, Any] = {"name": a.name, "status": a.status, "error": a.error}
+    if a.prediction is not None:
+        p = a.prediction
+        out.update(
+            lat=p.lat,
+            lon=p.lon,
+            country=p.country,
+            continent=p.continent,
+            top_clusters=[{"name": n, "p": q} for n, q in p.top_clusters],
+            snapped_km=p.snapped_km,
+        )
+    return out
+
+
+async def _read_photos(request: Request, limits: ServeLimits) -> tuple[list[bytes], list[str]]:
+    """The uploaded photos and their names, or a :class:`ClientError` that says what is wrong with the request."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise ClientError(415, "send photos as multipart/form-data in the field 'file' (curl -F file=@photo.jpg URL/predict)")
+    length = request.headers.get("content-length")
+    budget = limits.max_photos * (limits.max_photo_bytes + 64 * 1024)
+    if not (length and length.isdigit()):  # the size must be known before a byte is spooled
+        raise ClientError(411, "send a Content-Length header (curl and browsers do for file uploads)")
+    if int(length) > budget:
+        raise ClientError(413, f"the request is {int(length) / 2**20:.0f} MB, over {budget / 2**20:.0f} MB")
+    try:
+        form = await request.form(max_files=limits.max_photos + 1, max_fields=32, max_part_size=64 * 1024)
+    except Exception as exc:  # noqa: BLE001 - Starlette raises several types for a bad body; all are the client's
+        reason = str(exc).splitlines()[0][:160] if str(exc) else "malformed multipart body"
+        too_many = "Too many files" in reason
+        raise ClientError(
+            413 if too_many else 400, f"at most {limits.max_photos} photos per request" if too_many else f"bad multipart body: {reason}"
+        ) from None
+    files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
+    if not files:
+        raise ClientError(400, "no photo: send it in the multipart field 'file'")
+    if len(files) > limits.max_photos:
+        raise ClientError(413, f"{len(files)} photos in one request; at most {limits.max_photos} photos per request")
+    photos, names = [], []
+    for i, f in enumerate(files):
+        data = await f.read(limits.max_photo_bytes + 1)
+        photos.append(data)
+        names.append(Path(f.filename or f"photo-{i + 1}").name[:200])
+    await form.close()
+    return photos, names
+
+
+def serve(predictor: Predictor, model_label: str, *, host: str, port: int, limits: ServeLimits) -> None:  # pragma: no cover - blocks
+    """Serve until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(predictor, model_label, limits), host=host, port=port, log_level="warning", access_log=False)
+
+
+__all__ = ["STATUS_CODES", "ClientError", "ServeLimits", "create_app", "land_outlines", "serve", "status_for"]

@@ -1,0 +1,117 @@
+"""The pipeline's configuration: its stages, what each reads and writes, and every knob of a run.
+
+Light to import (no Prefect, MLflow or torch): the CLI checks options against
+it before anything starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worldnet.catalog import Catalog
+
+STAGES = (
+    "ingest",
+    "debias",
+    "split",
+    "shard",
+    "extract_features",
+    "cluster",
+    "train_classifier",
+    "train_interpolation",
+    "train_baselines",
+    "evaluate",
+    "report",
+    "register",
+)
+
+#: What each stage reads and writes, by catalog name (drives caching, lineage and restores).
+STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "ingest": (("raw_images",), ("manifest_raw", "rejects")),
+    "debias": (("manifest_raw",), ("manifest_debiased",)),
+    "split": (("manifest_debiased",), ("splits",)),
+    "shard": (("manifest_debiased", "splits"), ("image_shards", "shard_rejects")),
+    "extract_features": (("image_shards",), ("feature_shards",)),
+    "cluster": (("feature_shards",), ("centroids",)),
+    "train_classifier": (("feature_shards", "centroids"), ("classifier",)),
+    "train_interpolation": (("feature_shards", "centroids", "classifier"), ("worldnet_model",)),
+    "train_baselines": (("feature_shards",), ("baseline_predictions",)),
+    "evaluate": (
+        ("feature_shards", "centroids", "worldnet_model", "baseline_predictions"),
+        ("predictions", "metrics", "evaluation_summary"),
+    ),
+    "report": (("predictions", "metrics", "evaluation_summary", "worldnet_model", "centroids", "rejects", "shard_rejects"), ("report",)),
+    "register": (("worldnet_model", "metrics"), ()),
+}
+
+
+#: The configuration fields each stage's result depends on: changing one reruns exactly the stages downstream of it.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "ingest": ("data_root", "dataset_kind", "strict"),
+    "debias": ("debias_strategy", "debias_cap", "debias_max_share", "debias_max_drop", "seed"),
+    "split": ("test_fraction", "val_fraction", "unseen_cities", "n_unseen", "seed"),
+    "shard": ("shard_size", "image_width", "image_height", "strict"),
+    "extract_features": ("backbone", "backbone_weights", "flat_features", "device"),
+    "cluster": ("cluster_strategy", "k", "seed", "protocols"),
+    "train_classifier": ("cluster_strategy", "classifier", "seed", "protocols"),
+    "train_interpolation": ("cluster_strategy", "classifier", "crossfit_weight_decay", "seed", "snap", "backbone", "protocols"),
+    "train_baselines": ("seed", "protocols"),
+    "evaluate": ("head_mode", "snap", "seed", "protocols"),
+    "report": ("head_mode", "protocols"),
+}
+
+
+@dataclass
+class PipelineConfig:
+    """Every knob of a pipeline run (all JSON-serialisable, logged to MLflow as params)."""
+
+    data_root: str = ".worldnet/data/synthetic"
+    root: str = ".worldnet"
+    dataset_kind: str = "gsv_cities"
+    strict: bool = False
+    debias_strategy: str = "balance_continents"
+    debias_cap: int = 100
+    debias_max_share: float = 0.45
+    debias_max_drop: float = 0.5
+    test_fraction: float = 0.3
+    val_fraction: float = 0.1
+    unseen_cities: list[str] | None = None
+    n_unseen: int = 5
+    shard_size: int = 256
+    #: Shard frame; width 0 = the photos' own median aspect at this height (a 2:1 panorama keeps its sides).
+    image_width: int = 0
+    image_height: int = 300
+    backbone: str = "efficientnet_lite0"
+    backbone_weights: str | None = None
+    flat_features: bool = False
+    device: str = "auto"
+    #: Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch; features agree to cosine > 0.9999.
+    engine: str = "auto"
+    cluster_strategy: str = "city"
+    k: int = 23
+    head_mode: str = "auto"
+    #: mlp (the paper's, default) or linear (PCA whitening + softmax regression; fastest at hundreds of thousands of photos).
+    classifier: str = "mlp"  # TrainConfig.classifier (a test keeps the two equal)
+    crossfit_weight_decay: float = 100.0  # TrainConfig.crossfit_weight_decay (likewise)
+    snap: bool = True
+    seed: int = 0
+    protocols: list[str] = field(default_factory=lambda: ["seen", "unseen"])
+    progress: bool = True
+    mlflow_artifact_limit_mb: float = 256.0
+
+    def catalog(self) -> Catalog:
+        from worldnet.catalog import Catalog
+
+        return Catalog.from_yaml(self.root, data_root=self.data_root, backbone=self.backbone)
+
+    def tracking_root(self) -> Path:
+        """Local folder for the MLflow store (see :func:`tasks.tracking.tracking_root`)."""
+        from tasks.tracking import tracking_root
+
+        return tracking_root(self.root)
+
+
+__all__ = ["STAGES", "STAGE_IO", "STAGE_PARAMS", "PipelineConfig"]
