@@ -31,15 +31,15 @@ import time
 import numpy as np
 import polars as pl
 
-from worldnet.evaluate import (
+from worldnet.evaluate import evaluate_step
+from worldnet.models.worldnet_model import TrainConfig
+from worldnet.protocol import (
     cluster_step,
-    evaluate_step,
     protocol_data,
     train_baselines_step,
     train_classifier_step,
     train_interpolation_step,
 )
-from worldnet.models.worldnet_model import TrainConfig
 
 STAGES = ("classifier", "heads", "baselines", "evaluate")
 #: The competing load; it stops by itself when the benchmark that started it is gone (even if that was killed).

@@ -16,21 +16,20 @@ from prefect import task
 
 from tasks.config import PipelineConfig
 from tasks.lineage import STAGE_TASK, input_summary_of, stage_run
-from worldnet.evaluate import (
-    ProtocolData,
-    ProtocolResult,
-    cluster_step,
-    evaluate_step,
-    protocol_data,
-    train_baselines_step,
-    train_classifier_step,
-    train_interpolation_step,
-)
+from worldnet.evaluate import ProtocolResult, evaluate_step
 from worldnet.features.extract import feature_frame, load_features
 from worldnet.head_modes import HEAD_MODES, other_head_mode, resolve_head_mode
 from worldnet.io import write_text_atomic
 from worldnet.models.predictor import load_classifier, load_worldnet, save_classifier, save_worldnet
 from worldnet.models.worldnet_model import TrainConfig, WorldNet
+from worldnet.protocol import (
+    ProtocolData,
+    cluster_step,
+    protocol_data,
+    train_baselines_step,
+    train_classifier_step,
+    train_interpolation_step,
+)
 from worldnet.report import paper_table, write_report
 
 

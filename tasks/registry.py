@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -92,14 +93,16 @@ def register_task(cfg: PipelineConfig, scores: dict[str, float], parent_run_id: 
     model_file = cat.require("worldnet_model", protocol="seen", mode=resolve_head_mode(cfg.head_mode, "seen"))
     client = MlflowClient()
     split_hash = file_hash(cat.require("splits"))
-    with stage_run(cfg, "register", parent_run_id) as run, local_copy(model_file) as local_model:
+    with ExitStack() as stack:
+        run = stack.enter_context(stage_run(cfg, "register", parent_run_id))
+        local_model = stack.enter_context(local_copy(model_file))
         mlflow.log_metrics({f"{p}_mean_km": v for p, v in scores.items()})
         mlflow.set_tag("split_sha256", split_hash)
         wn, backbone, _ = load_worldnet(local_model)
         engine = build_engine(backbone, cfg.backbone_weights, wn.frame, engine="onnx", graphs_dir=cat.path("onnx_graphs"))
         artifacts = {"worldnet": str(local_model)}
         if isinstance(engine, OnnxBackbone):  # shipped with the model, so serving needs no export
-            artifacts["onnx_graphs"] = engine.path
+            artifacts["onnx_graphs"] = str(stack.enter_context(local_copy(engine.path)))
         info = mlflow.pyfunc.log_model(
             name="predictor",
             python_model=str(MODEL_CODE),

@@ -1,10 +1,25 @@
-"""The library never imports the orchestration layer (prefect, mlflow)."""
+"""The layering: ``worldnet/`` (library) ← ``tasks/`` (Prefect + MLflow) ← ``flows/`` (flows, CLI, server); never upwards.
+
+Each layer may import the ones to its left and nothing to its right:
+
+* ``worldnet/`` never imports ``tasks``, ``flows``, Prefect, MLflow or a web framework;
+* ``tasks/`` never imports ``flows`` or a web framework;
+* ``flows/`` may import anything.
+
+Imports inside functions count too (a lazy import is still a dependency).
+"""
 
 import ast
 from pathlib import Path
 
-FORBIDDEN = {"prefect", "mlflow", "tasks", "flows"}
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+WEB = {"fastapi", "starlette", "uvicorn", "flask", "django", "aiohttp"}
+FORBIDDEN = {
+    "worldnet": {"prefect", "prefect_dask", "mlflow", "tasks", "flows"} | WEB,
+    "tasks": {"flows"} | WEB,
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -18,14 +33,22 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_library_does_not_import_orchestration():
-    offenders = {
-        str(p.relative_to(ROOT)): sorted(_imports(p) & FORBIDDEN) for p in (ROOT / "worldnet").rglob("*.py") if _imports(p) & FORBIDDEN
-    }
-    assert not offenders, f"worldnet/ must stay pure; move these imports to tasks/ or flows/: {offenders}"
+def _offenders(layer: str) -> dict[str, list[str]]:
+    found = {}
+    for p in (ROOT / layer).rglob("*.py"):
+        bad = _imports(p) & FORBIDDEN[layer]
+        if bad:
+            found[str(p.relative_to(ROOT))] = sorted(bad)
+    return found
 
 
-def test_boundary_checker_catches_a_violation(tmp_path):
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_no_layer_imports_a_layer_above_it(layer):
+    offenders = _offenders(layer)
+    assert not offenders, f"{layer}/ may not import {sorted(FORBIDDEN[layer])}; move these to the layer above: {offenders}"
+
+
+def test_the_checker_catches_violations_even_inside_functions(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    import mlflow\n")
-    assert "mlflow" in _imports(bad)
+    bad.write_text("def f():\n    import mlflow\n    from flows.cli import app\n    from fastapi import FastAPI\n")
+    assert {"mlflow", "flows", "fastapi"} <= _imports(bad)

@@ -8,9 +8,10 @@ import numpy as np
 import polars as pl
 from upath import UPath
 
-from worldnet.evaluate import PROTOCOL_TITLES, ProtocolResult
+from worldnet.evaluate import ProtocolResult
 from worldnet.geo.regions import CONTINENTS
 from worldnet.io import write_text_atomic, write_with_atomic
+from worldnet.protocol import PROTOCOL_TITLES
 from worldnet.storage import as_path
 
 
@@ -91,6 +92,7 @@ def plot_map(result: ProtocolResult, path: Path | UPath, *, n: int = 150, seed: 
     import geopandas as gpd
     import matplotlib.pyplot as plt
     import shapely
+    from matplotlib.lines import Line2D
 
     from worldnet.geo.naturalearth import load_countries
 
@@ -99,26 +101,32 @@ def plot_map(result: ProtocolResult, path: Path | UPath, *, n: int = 150, seed: 
     models = result.metrics["model"].to_list()
     cols = 2
     rows = (len(models) + 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(12, 3.2 * rows))
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 2.9 * rows))
     ids = result.predictions["image_id"].unique().sort()
     rng = np.random.default_rng(seed)
     pick = set(ids.gather(rng.choice(len(ids), min(n, len(ids)), replace=False)).to_list())
+    mean_km = dict(zip(models, result.metrics["mean_km"].to_list(), strict=True))
     for ax, model in zip(np.ravel(axes), models, strict=False):
         world.plot(ax=ax, color="#e6e6e6", edgecolor="#bbbbbb", linewidth=0.2)
         p = result.predictions.filter((pl.col("model") == model) & pl.col("image_id").is_in(list(pick)))
         for r in p.iter_rows(named=True):
             ax.plot([r["true_lon"], r["lon"]], [r["true_lat"], r["lat"]], color="#d62728", alpha=0.25, linewidth=0.6)
-        ax.scatter(p["true_lon"], p["true_lat"], s=6, color="#1f77b4", label="truth", zorder=3)
-        ax.scatter(p["lon"], p["lat"], s=6, color="#d62728", label="prediction", zorder=3)
-        ax.set_title(model, fontsize=9)
+        ax.scatter(p["true_lon"], p["true_lat"], s=6, color="#1f77b4", zorder=3)
+        ax.scatter(p["lon"], p["lat"], s=6, color="#d62728", zorder=3)
+        ax.set_title(f"{model}: mean {mean_km[model]:,.0f} km", fontsize=9)
         ax.set_xlim(-180, 180)
         ax.set_ylim(-60, 80)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set_axis_off()  # longitude/latitude are the map itself: no axis labels, no ticks
     for ax in np.ravel(axes)[len(models) :]:
         ax.axis("off")
-    np.ravel(axes)[0].legend(loc="lower left", fontsize=7)
-    fig.suptitle(PROTOCOL_TITLES[result.protocol])
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color="#1f77b4", markersize=4, label="true location"),
+        Line2D([], [], marker="o", linestyle="", color="#d62728", markersize=4, label="prediction"),
+        Line2D([], [], color="#d62728", alpha=0.5, linewidth=1, label="error"),
+    ]
+    fig.legend(handles=handles, loc="upper center", ncol=3, fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.985))
+    fig.suptitle(f"{PROTOCOL_TITLES[result.protocol]} ({len(pick)} test photos)", y=1.0, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return _save(fig, path)
 
 

@@ -138,6 +138,7 @@ def test_the_page_and_its_offline_map(server):
 def test_the_registered_model_is_code_takes_base64_and_never_unpickles(model_file, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("serve-test")  # this store's own, not one an earlier test left active
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
             name="predictor",
