@@ -7,9 +7,11 @@ at the default 400×300), in one process, same batch size and threads:
 
 * pipeline  — ``extract_features`` on the default engine (ONNX Runtime on
   CPU): image shards → feature shards on disk, decoding included;
-* onnxruntime bare / torch bare — each engine alone on one pre-made,
-  normalised batch, timed **batch by batch, alternating**, so that machine
-  load hits both alike; medians of the per-batch times;
+* onnxruntime bare / torch bare — each engine alone on one pre-made batch in
+  the form it takes (uint8 NHWC for the ONNX graph, which normalises inside;
+  a normalised channels-last tensor for torch), timed **batch by batch,
+  alternating**, so that machine load hits both alike; medians of the
+  per-batch times;
 * reference — what a first notebook does: PIL decode at full size,
   torchvision ``Resize``/``ToTensor``/``Normalize`` per image, contiguous NCHW
   batches, ``torch.no_grad``, no tuning.
@@ -42,6 +44,7 @@ from worldnet.data.synthetic import SynthConfig, generate
 from worldnet.features.backbones import build_backbone
 from worldnet.features.engine import OnnxBackbone, build_engine
 from worldnet.features.extract import extract_features
+from worldnet.features.preprocess import normalise_batch
 from worldnet.parallel import default_workers
 
 
@@ -102,9 +105,9 @@ def main() -> None:
         torch_model = build_backbone(args.backbone, frame=frame).eval().to(memory_format=torch.channels_last)
         ort_model = build_engine(args.backbone, frame=frame, engine="onnx", graphs_dir=tmp / "graphs", threads=threads)
         assert isinstance(ort_model, OnnxBackbone)
-        x = torch.randn(bs, 3, *spec.input_size)
-        x_cl = x.contiguous(memory_format=torch.channels_last)
-        x_np = x.numpy()
+        u8 = torch.randint(0, 256, (bs, *spec.input_size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        x_cl = normalise_batch(u8, spec)  # torch's input: normalised, channels-last, made in advance
+        x_np = u8.numpy()  # onnxruntime's input: uint8 NHWC as decoded (its graph normalises)
 
         # warm up every path once (allocators, thread pools, page cache)
         extract_features(pipeline_engine, shards_dir, tmp / "warm", batch_size=bs, progress=False, stop_after=1)

@@ -242,10 +242,10 @@ def extract_features(
     images = written = 0
     with torch.inference_mode(), torch.autocast(dev.type, enabled=use_amp):
         for batch in batches:
-            x = normalise_batch(batch.images.to(dev, non_blocking=True), backbone.spec, channels_last=channels_last)
-            if isinstance(backbone, OnnxBackbone):
-                feats = onnx(x.numpy()).astype(np.float16)
+            if isinstance(backbone, OnnxBackbone):  # the graph normalises uint8 images itself
+                feats = onnx(batch.images.numpy()).astype(np.float16)
             else:
+                x = normalise_batch(batch.images.to(dev, non_blocking=True), backbone.spec, channels_last=channels_last)
                 feats = model(x, flat=flat).float().cpu().numpy().astype(np.float16)
             ids, chunks = pending.setdefault(batch.shard, ([], []))
             ids.extend(batch.ids)

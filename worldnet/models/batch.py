@@ -13,14 +13,12 @@ from typing import cast
 
 import numpy as np
 import polars as pl
-import torch
 from upath import UPath
 
 from worldnet.data.photos import PHOTO_SUFFIXES, list_photos
 from worldnet.data.schema import rejects_frame
 from worldnet.data.shards import iter_shard_rows
 from worldnet.features.extract import decode_for
-from worldnet.features.preprocess import normalise_batch
 from worldnet.io import write_with_atomic
 from worldnet.models.predictor import Predictor
 from worldnet.storage import as_path, read_parquet, sorted_glob
@@ -104,7 +102,7 @@ def predict_shard(predictor: Predictor, shard: str | Path | UPath, parts_dir: st
     feats: list[np.ndarray] = []
     for batch in iter_shard_rows(shard_path, ["image_id", "jpeg"], batch_size):
         arrays = np.stack([decode_for(spec, cast(bytes, d)) for d in batch["jpeg"]])
-        feats.append(predictor.embed(normalise_batch(torch.from_numpy(arrays), spec)))
+        feats.append(predictor.embed(arrays))
         ids.extend(str(i) for i in batch["image_id"])
     X = np.concatenate(feats) if feats else np.zeros((0, spec.dim), np.float32)
     preds = predictor.predict_features(X, ids, top_k=1) if ids else []

@@ -281,18 +281,18 @@ class Predictor:
         """``onnx`` or ``torch``: what runs the backbone."""
         return "onnx" if isinstance(self.backbone, OnnxBackbone) else "torch"
 
-    def embed(self, x: torch.Tensor) -> np.ndarray:
-        """Features of a normalised image batch on this predictor's engine, rounded to float16 as training stored them.
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Features of uint8 NHWC images (as decoded) on this predictor's engine, rounded to float16 as training stored them.
 
         The rounding matches what the classifier was trained on, and makes an
         answer independent of the engine's last bits (thread count, engine), so
         every runner writes byte-identical predictions.
         """
         if isinstance(self.backbone, OnnxBackbone):
-            out = self.backbone(x.numpy())
+            out = self.backbone(images)
         else:
             with torch.inference_mode():
-                out = self.backbone(x).float().numpy()
+                out = self.backbone(normalise_batch(torch.from_numpy(images), self.backbone.spec)).float().numpy()
         return out.astype(np.float16).astype(np.float32)
 
     def predict_features(self, X: np.ndarray, names: list[str], top_k: int = 3) -> list[Prediction]:
@@ -323,8 +323,7 @@ class Predictor:
     def features(self, photos: list[bytes]) -> np.ndarray:
         """Backbone features of encoded photos, through the training path (:func:`frame_photo`, then the model's decode)."""
         spec = self.backbone.spec
-        arrays = np.stack([decode_for(spec, frame_photo(b, self.shard_spec)) for b in photos])
-        return self.embed(normalise_batch(torch.from_numpy(arrays), spec))
+        return self.embed(np.stack([decode_for(spec, frame_photo(b, self.shard_spec)) for b in photos]))
 
     def answer(self, photos: list[bytes], names: list[str], top_k: int = 3, max_bytes: int = MAX_PHOTO_BYTES) -> list[PhotoAnswer]:
         """Geolocate encoded photos one answer each: a bad photo gets its status, the others their predictions."""
@@ -343,7 +342,7 @@ class Predictor:
                     problem = _decode_problem(exc)
             answers[i].status, answers[i].error = problem
         if good:
-            X = self.embed(normalise_batch(torch.from_numpy(np.stack(framed)), spec))
+            X = self.embed(np.stack(framed))
             for i, pred in zip(good, self.predict_features(X, [names[i] for i in good], top_k), strict=True):
                 answers[i].prediction = pred
         return answers
