@@ -38,7 +38,7 @@ GSV_CITIES_IMAGES = 560_000
 
 def _extract(cfg: PipelineConfig, runner: object) -> tuple[float, int]:
     shutil.rmtree(cfg.catalog().path("feature_shards"), ignore_errors=True)
-    out = run_pipeline(cfg, stages=["extract_features"], task_runner=runner)
+    out = run_pipeline(cfg, only="extract_features", task_runner=runner)  # forced: never skipped or restored from MLflow
     return out["timings"]["extract_features"], int(out["extract_features"]["images"])
 
 

@@ -60,19 +60,21 @@ def status_for(answers: list[PhotoAnswer]) -> int:
 
 
 @lru_cache(maxsize=1)
-def land_outlines(tolerance_deg: float = 0.25) -> list[list[list[float]]]:
-    """Land as lon/lat rings, simplified for a page (Natural Earth countries, dissolved; about 200 KB as JSON)."""
-    from shapely import simplify, union_all
+def land_outlines(tolerance_deg: float = 0.2) -> list[list[list[float]]]:
+    """Every country's outline as lon/lat rings, simplified for a page (Natural Earth 10m, shipped with the project).
+
+    Computed once per process, when the server starts (about a second), so the first page draws at once.
+    """
+    from shapely import simplify
 
     from worldnet.geo.naturalearth import load_countries
 
-    land = simplify(union_all(list(load_countries().geometry)), tolerance_deg)
-    polys = list(getattr(land, "geoms", [land]))
     rings = []
-    for poly in polys:
-        coords = [[round(x, 2), round(y, 2)] for x, y in poly.exterior.coords]
-        if len(coords) >= 4:
-            rings.append(coords)
+    for geom in simplify(list(load_countries().geometry), tolerance_deg):
+        for poly in getattr(geom, "geoms", [geom]):
+            coords = [[round(x, 2), round(y, 2)] for x, y in poly.exterior.coords]
+            if len(coords) >= 4:
+                rings.append(coords)
     return rings
 
 
@@ -81,6 +83,7 @@ def create_app(predictor: Predictor, model_label: str, limits: ServeLimits = Ser
     app = FastAPI(title="worldnet", description="Continuous GPS prediction from a street-level photo (worldNET).")
     model_lock = threading.Lock()  # one forward pass at a time: each already uses every core
     page = PAGE.read_text()
+    land_outlines()  # before the first request, not during it
 
     @app.exception_handler(ClientError)
     async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
