@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
-from contextlib import ExitStack
+from contextlib import ExitStack, redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +110,9 @@ def register_task(cfg: PipelineConfig, scores: dict[str, float], parent_run_id: 
             signature=model_signature(),
             input_example=pd.DataFrame({"photo": [example_photo()]}),
             pip_requirements=PIP_REQUIREMENTS,
-            registered_model_name=MODEL_NAME,
         )
-        version = str(info.registered_model_version)
+        with redirect_stderr(io.StringIO()):  # MLflow prints "Registered model ... already exists" there; the CLI says what happened
+            version = str(mlflow.register_model(info.model_uri, MODEL_NAME).version)
         client.set_registered_model_alias(MODEL_NAME, "challenger", version)
         champion = _current_champion_scores(client)
         if champion is None:
