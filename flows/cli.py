@@ -389,6 +389,22 @@ def cv(
     Images of each fold's countries (or cities) are never seen in training, so
     this is the unseen-places protocol for datasets too small for one split.
     """
+    from worldnet.head_modes import resolve_head_mode
+
+    # every option is checked before the heavy imports, so a mistake is answered in a second
+    if group not in ("country", "city"):
+        raise typer.BadParameter("--group must be country or city")
+    try:
+        _check_engine(engine, "cpu")
+        _preflight(str(root), backbone, weights, None, None)
+        if classifier not in ("mlp", "linear"):
+            raise ValueError(f"--classifier {classifier!r} is unknown; choose mlp or linear")
+        resolve_head_mode(head_mode, "unseen")
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    width, height = _parse_size(image_size)
+    if not data_root.exists():
+        raise _fail(f"--data-root {data_root} does not exist: point it at a GSV-Cities folder (Dataframes/ + Images/) or a CSV")
     import numpy as np
     import polars as pl
 
@@ -402,15 +418,6 @@ def cv(
     from worldnet.models.worldnet_model import TrainConfig
     from worldnet.report import markdown_table, paper_table
 
-    if group not in ("country", "city"):
-        raise typer.BadParameter("--group must be country or city")
-    try:
-        _check_engine(engine, "cpu")
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    width, height = _parse_size(image_size)
-    if not data_root.exists():
-        raise _fail(f"--data-root {data_root} does not exist: point it at a GSV-Cities folder (Dataframes/ + Images/) or a CSV")
     try:
         cat = Catalog.from_yaml(root, data_root=str(data_root), backbone=backbone)
         manifest, rejects = ingest(dataset_kind, data_root)
@@ -433,8 +440,6 @@ def cv(
     X, labels = load_features(cat.path("feature_shards"))
     keys = country_of(labels["lat"].to_numpy(), labels["lon"].to_numpy()) if group == "country" else labels["city"].to_numpy()
     groups = np.array([str(g) for g in keys])
-    if classifier not in ("mlp", "linear"):
-        raise _fail(f"--classifier {classifier!r} is unknown; choose mlp or linear")
     train_cfg = TrainConfig(seed=seed, classifier=classifier)
     if crossfit_weight_decay is not None:
         train_cfg.crossfit_weight_decay = crossfit_weight_decay

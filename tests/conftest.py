@@ -35,3 +35,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def shared_data() -> Path:
     """The ../shared/data folder of real material (only used by real_data tests)."""
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_stays_in_its_test():
+    """``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; left set, a later test's pipeline would take it
+    for the user's choice and write to the earlier test's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before

@@ -46,20 +46,16 @@ def test_kill_9_leaves_no_process_and_the_next_run_marks_its_runs_failed(tmp_pat
         time.sleep(0.2)
     assert not _alive(children), f"left behind: {[_cmdline(p) for p in _alive(children)]}"
 
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")  # not the global URI: other tests run here
     rid = root_id(as_path(root))
-    running = mlflow.search_runs(
-        search_all_experiments=True, filter_string=f"tags.`worldnet.root_id` = '{rid}' and attributes.status = 'RUNNING'"
-    )
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    running = client.search_runs(experiments, f"tags.`worldnet.root_id` = '{rid}' and attributes.status = 'RUNNING'")
     assert len(running) >= 1  # at least the pipeline's parent run was open when the process died
 
     again = subprocess.run([*args, "--debias", "none", "--only", "ingest"], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"marked {len(running)} MLflow runs FAILED" in again.stdout
-    after = mlflow.search_runs(
-        search_all_experiments=True, filter_string=f"attributes.run_id IN ({', '.join(repr(r) for r in running['run_id'])})"
-    )
-    assert set(after["status"]) == {"FAILED"}
+    assert {client.get_run(r.info.run_id).info.status for r in running} == {"FAILED"}
     time.sleep(2 * POLL_SECONDS + 0.5)  # the guards of both runs have seen their command go and exited
     assert not _guards_of_dead_commands()
 
