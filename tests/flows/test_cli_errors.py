@@ -91,3 +91,17 @@ def test_pipeline_defaults_are_the_trainers_defaults():
 
     cfg, train = PipelineConfig(), TrainConfig()
     assert (cfg.classifier, cfg.crossfit_weight_decay) == (train.classifier, train.crossfit_weight_decay)
+
+
+def test_serve_refuses_a_bad_model_or_port_in_one_line(tmp_path):
+    garbage = tmp_path / "m.pt"
+    garbage.write_bytes(b"not a model")
+    cases = [
+        (["--model", str(tmp_path / "absent.pt")], "not found"),
+        (["--model", str(garbage)], "is not a worldnet model file"),
+        (["--model", str(garbage), "--port", "70000"], "is not a port"),
+        (["--model", str(garbage), "--engine", "tensorrt"], "--engine 'tensorrt' is unknown"),
+    ]
+    for extra, message in cases:
+        res = CliRunner().invoke(app, ["serve", "--root", str(tmp_path / "root"), *extra])
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, (extra, res.output)
