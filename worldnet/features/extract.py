@@ -34,7 +34,7 @@ from worldnet.data.dataset import ShardBatch, ShardBatchDataset
 from worldnet.data.shards import shard_paths
 from worldnet.features.backbones import Backbone, BackboneSpec
 from worldnet.features.engine import OnnxBackbone
-from worldnet.features.preprocess import load_rgb, normalise_batch, to_array
+from worldnet.features.preprocess import decode_to_input, normalise_batch
 from worldnet.features.runtime import tune_cpu_allocator
 from worldnet.io import write_text_atomic, write_with_atomic
 from worldnet.parallel import default_workers
@@ -44,8 +44,8 @@ LABEL_COLUMNS = ["image_id", "city", "lat", "lon", "continent", "seen", "unseen"
 
 
 def decode_for(spec: BackboneSpec, data: bytes) -> np.ndarray:
-    """JPEG bytes → uint8 array at the backbone's input size."""
-    return to_array(load_rgb(data, spec.input_size), spec)
+    """JPEG bytes → uint8 array at the backbone's input size: the one decoding of training, predict and serving."""
+    return decode_to_input(data, spec.input_size)
 
 
 @dataclass

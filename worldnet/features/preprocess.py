@@ -22,6 +22,32 @@ def load_rgb(data: bytes, size: tuple[int, int]) -> Image.Image:
     return img.convert("RGB")
 
 
+#: A scaled JPEG decode within this share of the target size on each side is centre-cropped to it, not resampled.
+CROP_SLACK = 0.02
+
+
+def decode_to_input(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """JPEG bytes → uint8 HWC at ``size`` (h, w): libjpeg-turbo decodes straight to the smallest scale of
+    1/8 … 8/8 that covers ``size`` (DCT-domain scaling, an area-like downsample).
+
+    If that lands within :data:`CROP_SLACK` of ``size`` (a 300-px-high frame for a 224-px-high model decodes at
+    6/8 to 225 px), the excess is centre-cropped, which costs nothing; otherwise the decoded image is resized
+    (bilinear). Decoding at scale instead of decoding in full and resizing is 3× cheaper per photo for
+    EfficientNet-Lite0, which keeps decoding from starving the model (``benchmarks/bench_features.py``).
+    Images that are not JPEG (none in shards: the shard stage writes JPEG) take :func:`load_rgb`.
+    """
+    import simplejpeg
+
+    h, w = size
+    if not simplejpeg.is_jpeg(data):
+        return np.asarray(load_rgb(data, size).convert("RGB").resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
+    arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=h, min_width=w)
+    dh, dw = arr.shape[0] - h, arr.shape[1] - w
+    if 0 <= dh <= CROP_SLACK * h and 0 <= dw <= CROP_SLACK * w:
+        return np.ascontiguousarray(arr[dh // 2 : dh // 2 + h, dw // 2 : dw // 2 + w])
+    return np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0), dtype=np.uint8)
+
+
 def to_array(img: Image.Image, spec: BackboneSpec) -> np.ndarray:
     """Resize to the backbone's input size; uint8 HWC (normalised later, in batches)."""
     h, w = spec.input_size
