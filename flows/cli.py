@@ -24,6 +24,11 @@ CROSSFIT_DECAY_HELP = (
     "Weight decay on the crossfit head's MLP weights; its training rows are few cities (default: TrainConfig's, 100; see README)."
 )
 
+#: ``--engine`` on every command that runs the backbone.
+EngineOption = Annotated[
+    str, typer.Option(help="Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch. Features agree either way.")
+]
+
 app = typer.Typer(
     help="worldnet: continuous GPS prediction from street-level photos (worldNET).", no_args_is_help=True, add_completion=False
 )
@@ -117,6 +122,19 @@ def _quiet_prefect_user_errors() -> None:
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
+
+
+def _user_error(exc: BaseException, debug: bool = False) -> typer.Exit:
+    """A user error as its first line (exit 2); ``--debug`` re-raises it with its traceback."""
+    if debug:
+        raise exc
+    text = str(exc).strip()
+    return _fail(text.splitlines()[0] if text else type(exc).__name__)
+
+
+def _check_classifier(classifier: str) -> None:
+    if classifier not in ("mlp", "linear"):
+        raise ValueError(f"--classifier {classifier!r} is unknown; choose mlp or linear")
 
 
 def _preflight(root: str, backbone: str, weights: str | None, only: str | None, from_stage: str | None) -> None:
@@ -233,9 +251,7 @@ def run(
     strict: Annotated[bool, typer.Option(help="Fail if any input row is rejected (same report).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     device: Annotated[str, typer.Option(help="Feature extraction device: auto (CUDA if available) | cpu | cuda.")] = "auto",
-    engine: Annotated[
-        str, typer.Option(help="Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch. Features agree either way.")
-    ] = "auto",
+    engine: EngineOption = "auto",
     task_runner: Annotated[
         str, typer.Option(help="Where per-shard tasks run: threads (this process) or dask (a Dask cluster via prefect-dask).")
     ] = "threads",
@@ -281,8 +297,7 @@ def run(
         resolve_head_mode(head_mode, "seen")
         _preflight(root, backbone, weights, only, from_stage)
         _check_engine(engine, device)
-        if classifier not in ("mlp", "linear"):
-            raise ValueError(f"--classifier {classifier!r} is unknown; choose mlp or linear")
+        _check_classifier(classifier)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     if only is None and from_stage is None and not data_root.exists():
@@ -325,9 +340,7 @@ def run(
     try:
         result = run_pipeline(cfg, task_runner=runner, from_stage=from_stage, only=only, wait_lock=wait_lock)
     except _user_errors() as exc:
-        if debug:
-            raise
-        raise _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+        raise _user_error(exc, debug) from None
     _print_results(result, cfg.tracking_root())
 
 
@@ -379,9 +392,7 @@ def cv(
     seed: Annotated[int, typer.Option(help="Seed for folds and training.")] = 0,
     image_size: Annotated[str, typer.Option(help="Shard frame WxH, or auto (the photos' own aspect at 300 px high).")] = "auto",
     classifier: Annotated[str, typer.Option(help="Centroid classifier: mlp (default) or linear.")] = "mlp",
-    engine: Annotated[
-        str, typer.Option(help="Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch. Features agree either way.")
-    ] = "auto",
+    engine: EngineOption = "auto",
     debug: Annotated[bool, typer.Option(help="Show the full traceback of an error.")] = False,
 ) -> None:
     """Grouped k-fold evaluation of every model on a small dataset; prints the paper's table.
@@ -397,8 +408,7 @@ def cv(
     try:
         _check_engine(engine, "cpu")
         _preflight(str(root), backbone, weights, None, None)
-        if classifier not in ("mlp", "linear"):
-            raise ValueError(f"--classifier {classifier!r} is unknown; choose mlp or linear")
+        _check_classifier(classifier)
         resolve_head_mode(head_mode, "unseen")
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -434,9 +444,7 @@ def cv(
         model = build_engine(backbone, weights, (width, height), engine=engine, graphs_dir=cat.path("onnx_graphs"))
         extract_features(model, cat.path("image_shards"), cat.path("feature_shards"))
     except _user_errors() as exc:
-        if debug:
-            raise
-        raise _fail(str(exc).strip().splitlines()[0]) from None
+        raise _user_error(exc, debug) from None
     X, labels = load_features(cat.path("feature_shards"))
     keys = country_of(labels["lat"].to_numpy(), labels["lon"].to_numpy()) if group == "country" else labels["city"].to_numpy()
     groups = np.array([str(g) for g in keys])
@@ -469,9 +477,7 @@ def predict(
     root: Annotated[Path, typer.Option(help="Catalog root holding the MLflow store.")] = Path(".worldnet"),
     top_k: Annotated[int, typer.Option(help="How many clusters to list.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
-    engine: Annotated[
-        str, typer.Option(help="Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch. Features agree either way.")
-    ] = "auto",
+    engine: EngineOption = "auto",
 ) -> None:
     """Predict lat, lon, country and continent for photos, with the top clusters."""
     from worldnet.models.predictor import ImageInputError, Predictor
@@ -488,7 +494,7 @@ def predict(
 
         predictor = Predictor.load(model_path, engine=engine, graphs_dir=Catalog.from_yaml(root).path("onnx_graphs"))
     except _user_errors() as exc:
-        raise _fail(str(exc).strip().splitlines()[0]) from None
+        raise _user_error(exc) from None
     status = 0
     for img in images:
         try:
@@ -515,7 +521,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="Largest photo accepted, MB.")] = 20.0,
     max_photos: Annotated[int, typer.Option(help="Most photos in one request.")] = 16,
-    engine: Annotated[str, typer.Option(help="Backbone engine: auto (ONNX Runtime on CPU), onnx or torch.")] = "auto",
+    engine: EngineOption = "auto",
     debug: Annotated[bool, typer.Option(help="Show the full traceback of an error.")] = False,
 ) -> None:
     """Serve a model over HTTP: POST /predict (multipart photos in 'file'), GET / (a page with a map), GET /health.
@@ -535,15 +541,12 @@ def serve(
         if model.startswith("models:/"):
             from tasks.tracking import registry_label, registry_model_file
 
-            model_path, label = registry_model_file(model, root), ""
-            label = registry_label(model)
+            model_path, label = registry_model_file(model, root), registry_label(model)
         else:
             model_path, label = Path(model), Path(model).name
         predictor = Predictor.load(model_path, engine=engine, graphs_dir=Catalog.from_yaml(root).path("onnx_graphs"))
     except _user_errors() as exc:
-        if debug:
-            raise
-        raise _fail(str(exc).strip().splitlines()[0]) from None
+        raise _user_error(exc, debug) from None
     limits = ServeLimits(max_photo_bytes=int(max_upload_mb * 2**20), max_photos=max_photos)
     typer.echo(f"serving {label} ({predictor.engine}) on http://{host}:{port}/  (POST /predict, GET /health; Ctrl-C stops)")
     serve(predictor, label, host=host, port=port, limits=limits)
@@ -561,9 +564,7 @@ def predict_batch_cmd(
     task_runner: Annotated[str, typer.Option(help="threads (this process) or dask.")] = "threads",
     dask_address: Annotated[str | None, typer.Option(help="With --task-runner dask: an existing scheduler.")] = None,
     dask_workers: Annotated[int | None, typer.Option(help="With --task-runner dask and no address: LocalCluster workers.")] = None,
-    engine: Annotated[
-        str, typer.Option(help="Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch. Features agree either way.")
-    ] = "auto",
+    engine: EngineOption = "auto",
 ) -> None:
     """Geolocate a whole folder of photos, one task per shard (on Dask if asked); writes a Parquet table.
 
@@ -592,13 +593,13 @@ def predict_batch_cmd(
             load_worldnet(model)
         photo_table(photos)
     except _user_errors() as exc:
-        raise _fail(str(exc).strip().splitlines()[0]) from None
+        raise _user_error(exc) from None
     _quiet_prefect_user_errors()
     start_guard()
     try:
         out = predict_batch.with_options(task_runner=runner)(str(photos), batch, model, root, shard_size, engine=engine)
     except _user_errors() as exc:
-        raise _fail(str(exc).strip().splitlines()[0]) from None
+        raise _user_error(exc) from None
     typer.echo(f"predicted {out['predicted']} of {out['photos']} photos -> {out['predictions']}")
     if out["rejects"]:
         counts = ", ".join(f"{n} {r}" for r, n in out["reject_counts"].items())

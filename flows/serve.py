@@ -124,29 +124,13 @@ def create_app(predictor: Predictor, model_label: str, limits: ServeLimits = Ser
                 return predictor.answer(photos, names, top_k=k, max_bytes=limits.max_photo_bytes)
 
         answers = await run_in_threadpool(run)
-        body: dict[str, Any] = {"model": model_label, "engine": predictor.engine, "predictions": [_public(a) for a in answers]}
+        body: dict[str, Any] = {"model": model_label, "engine": predictor.engine, "predictions": [a.as_dict() for a in answers]}
         code = status_for(answers)
         if code != 200:
             body["error"] = f"{answers[0].name}: {answers[0].error}"
         return JSONResponse(body, status_code=code)
 
     return app
-
-
-def _public(a: PhotoAnswer) -> dict[str, Any]:
-    """An answer as the API returns it (top clusters as objects)."""
-    out: dict[str, Any] = {"name": a.name, "status": a.status, "error": a.error}
-    if a.prediction is not None:
-        p = a.prediction
-        out.update(
-            lat=p.lat,
-            lon=p.lon,
-            country=p.country,
-            continent=p.continent,
-            top_clusters=[{"name": n, "p": q} for n, q in p.top_clusters],
-            snapped_km=p.snapped_km,
-        )
-    return out
 
 
 async def _read_photos(request: Request, limits: ServeLimits) -> tuple[list[bytes], list[str]]:

@@ -28,6 +28,8 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from worldnet.models.predictor import PhotoAnswer
+
 OUTPUT_COLUMNS = ("status", "error", "lat", "lon", "country", "continent", "top_clusters", "snapped_km")
 
 
@@ -47,20 +49,15 @@ class WorldNetPhotos(PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         top_k = int((params or {}).get("top_k", 3))
-        photos: list[bytes] = []
-        early: dict[int, tuple[str, str]] = {}
-        rows = model_input.to_dict("records")
-        for i, row in enumerate(rows):
-            data, problem = self._bytes_of(row)
-            photos.append(data)
-            if problem:
-                early[i] = problem
-        names = [str(i) for i in range(len(rows))]
-        answers = self.predictor.answer(photos, names, top_k=top_k, max_bytes=self.max_bytes)
+        read = [self._bytes_of(row) for row in model_input.to_dict("records")]
+        ok = [i for i, (_, problem) in enumerate(read) if problem is None]
+        answered = self.predictor.answer([read[i][0] for i in ok], [str(i) for i in ok], top_k=top_k, max_bytes=self.max_bytes)
+        answers: dict[int, PhotoAnswer] = dict(zip(ok, answered, strict=True))
         out = []
-        for i, a in enumerate(answers):
-            status, error = early.get(i, (a.status, a.error))
-            p = a.prediction if i not in early else None
+        for i, (_, problem) in enumerate(read):
+            a = answers.get(i)
+            p = a.prediction if a else None
+            status, error = (a.status, a.error) if a else problem or ("empty", "the row has no photo")
             out.append(
                 {
                     "status": status,

@@ -14,6 +14,7 @@ from flows.cli import app
 from flows.pipeline import pipeline, select_stages
 from tasks.config import STAGES, PipelineConfig
 from tasks.records import root_id
+from tests.flows.conftest import small_cfg
 from worldnet.catalog import Catalog, MissingArtifactError
 from worldnet.data.ingest import StrictModeError
 from worldnet.data.synthetic import SynthConfig, generate
@@ -43,16 +44,7 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
     truncated = sorted((data / "Images" / "Boston").glob("*.jpg"))[0]  # passes ingest's header check, fails to decode
     truncated.write_bytes(truncated.read_bytes()[:300])
     n_rows = sum(len(f.read_text().splitlines()) - 1 for f in (data / "Dataframes").glob("*.csv"))
-    cfg = PipelineConfig(
-        data_root=str(data),
-        root=str(tmp_path / "root"),
-        backbone="tiny_random",
-        n_unseen=1,
-        shard_size=32,
-        image_width=64,
-        image_height=48,
-        progress=False,
-    )
+    cfg = replace(small_cfg(data, tmp_path / "root"), shard_size=32)
     out = pipeline(cfg)
     cat = cfg.catalog()
     # one input line: read, kept, rejected by reason, where the rejects are; the report repeats it

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -214,13 +214,7 @@ def extract_features(
         torch.set_num_threads(n_threads)
     workers = default_loader_workers(dev) if loader_workers is None else loader_workers
     batch_size = batch_size or (128 if dev.type == "cuda" else 16)
-    channels_last = True
-    if isinstance(backbone, OnnxBackbone):
-        if flat or dev.type != "cpu":
-            raise ValueError("the onnx engine gives pooled features on the CPU; use --engine torch for flat features or CUDA")
-        onnx, channels_last = backbone, False
-    else:
-        model = backbone.to(dev).eval().to(memory_format=torch.channels_last)
+    embed = _embedder(backbone, dev, flat)
     use_amp = dev.type == "cuda"
     shards = _select_shards(shards_dir, only)
     todo: list[tuple[UPath, pl.DataFrame]] = []
@@ -242,11 +236,7 @@ def extract_features(
     images = written = 0
     with torch.inference_mode(), torch.autocast(dev.type, enabled=use_amp):
         for batch in batches:
-            if isinstance(backbone, OnnxBackbone):  # the graph normalises uint8 images itself
-                feats = onnx(batch.images.numpy()).astype(np.float16)
-            else:
-                x = normalise_batch(batch.images.to(dev, non_blocking=True), backbone.spec, channels_last=channels_last)
-                feats = model(x, flat=flat).float().cpu().numpy().astype(np.float16)
+            feats = embed(batch.images).astype(np.float16)
             ids, chunks = pending.setdefault(batch.shard, ([], []))
             ids.extend(batch.ids)
             chunks.append(feats)
@@ -267,6 +257,16 @@ def extract_features(
                 out, shard, labels, [], [np.zeros((0, backbone.spec.dim), np.float16)], provenance(shard, backbone.spec, flat)
             )
     return ExtractResult(out, images, written, skipped, time.perf_counter() - t0)
+
+
+def _embedder(backbone: Backbone | OnnxBackbone, dev: torch.device, flat: bool) -> Callable[[torch.Tensor], np.ndarray]:
+    """uint8 NHWC batch → features on ``backbone``'s engine (ONNX graphs normalise inside; torch gets a normalised batch)."""
+    if isinstance(backbone, OnnxBackbone):
+        if flat or dev.type != "cpu":
+            raise ValueError("the onnx engine gives pooled features on the CPU; use --engine torch for flat features or CUDA")
+        return lambda images: backbone(images.numpy())
+    model = backbone.to(dev).eval().to(memory_format=torch.channels_last)
+    return lambda images: model(normalise_batch(images.to(dev, non_blocking=True), model.spec), flat=flat).float().cpu().numpy()
 
 
 def _write_feature_shard(

@@ -40,20 +40,25 @@ def decode_to_input(data: bytes, size: tuple[int, int]) -> np.ndarray:
 
     h, w = size
     if not simplejpeg.is_jpeg(data):
-        return np.asarray(load_rgb(data, size).convert("RGB").resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
+        return _resized(load_rgb(data, size), size)
     arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=h, min_width=w)
     dh, dw = arr.shape[0] - h, arr.shape[1] - w
     if 0 <= dh <= CROP_SLACK * h and 0 <= dw <= CROP_SLACK * w:
         return np.ascontiguousarray(arr[dh // 2 : dh // 2 + h, dw // 2 : dw // 2 + w])
-    return np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0), dtype=np.uint8)
+    return _resized(Image.fromarray(arr), size)
+
+
+def _resized(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """``img`` at ``size`` (h, w), bilinear; uint8 HWC."""
+    h, w = size
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.array(img, dtype=np.uint8)
 
 
 def to_array(img: Image.Image, spec: BackboneSpec) -> np.ndarray:
     """Resize to the backbone's input size; uint8 HWC (normalised later, in batches)."""
-    h, w = spec.input_size
-    if img.size != (w, h):
-        img = img.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.array(img, dtype=np.uint8)
+    return _resized(img, spec.input_size)
 
 
 def normalise_batch(batch_u8: torch.Tensor, spec: BackboneSpec, channels_last: bool = True) -> torch.Tensor:
