@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/bench_features.py [--images 384] [--rounds 3] [--backbone efficientnet_lite0]
 
 Four figures on the same synthetic images (GSV-Cities size, 640×480, sharded
-at the default 400×300), in one process, same batch size and threads:
+at the default 400×300, seen as the pipeline sees them by default: 300 px
+high, averaged with the mirror image), in one process, same batch size and
+threads:
 
 * pipeline  — ``extract_features`` on the default engine (ONNX Runtime on
   CPU): image shards → feature shards on disk, decoding included;
@@ -44,6 +46,7 @@ from worldnet.data.synthetic import SynthConfig, generate
 from worldnet.features.backbones import build_backbone
 from worldnet.features.engine import OnnxBackbone, build_engine
 from worldnet.features.extract import extract_features
+from worldnet.features.names import View
 from worldnet.features.preprocess import normalise_batch
 from worldnet.parallel import default_workers
 
@@ -82,6 +85,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="pipeline rounds, each followed by its bare batches (default 3)")
     ap.add_argument("--backbone", default="efficientnet_lite0", help="registered backbone (default efficientnet_lite0)")
     ap.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16, the pipeline's)")
+    ap.add_argument("--input-height", type=int, default=None, help="pixels high the backbone sees (default: the pipeline's, 300)")
+    ap.add_argument(
+        "--no-flip",
+        action="store_true",
+        help="no mirror averaging (the pipeline averages where all photos drive on one side; twice the work)",
+    )
     args = ap.parse_args()
     threads = default_workers()
     torch.set_num_threads(threads)
@@ -94,16 +103,17 @@ def main() -> None:
 
         # The reference runs first: the pipeline tunes process-wide settings
         # (the allocator) that the plain loop must not inherit.
-        plain = build_backbone(args.backbone, frame=frame).eval()  # fresh, contiguous weights
+        view = View(args.input_height, not args.no_flip)
+        plain = build_backbone(args.backbone, frame=frame, view=view).eval()  # fresh, contiguous weights
         spec = plain.spec
         reference_loop(plain, shards[:1], spec.input_size, spec.mean, spec.std, bs)  # warm-up
         t0 = time.perf_counter()
         n = reference_loop(plain, shards, spec.input_size, spec.mean, spec.std, bs)
         reference = n / (time.perf_counter() - t0)
 
-        pipeline_engine = build_engine(args.backbone, frame=frame, engine="auto", graphs_dir=tmp / "graphs", threads=threads)
-        torch_model = build_backbone(args.backbone, frame=frame).eval().to(memory_format=torch.channels_last)
-        ort_model = build_engine(args.backbone, frame=frame, engine="onnx", graphs_dir=tmp / "graphs", threads=threads)
+        pipeline_engine = build_engine(args.backbone, frame=frame, view=view, engine="auto", graphs_dir=tmp / "graphs", threads=threads)
+        torch_model = build_backbone(args.backbone, frame=frame, view=view).eval().to(memory_format=torch.channels_last)
+        ort_model = build_engine(args.backbone, frame=frame, view=view, engine="onnx", graphs_dir=tmp / "graphs", threads=threads)
         assert isinstance(ort_model, OnnxBackbone)
         u8 = torch.randint(0, 256, (bs, *spec.input_size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
         x_cl = normalise_batch(u8, spec)  # torch's input: normalised, channels-last, made in advance
@@ -136,7 +146,8 @@ def main() -> None:
 
         engine = "onnxruntime" if isinstance(pipeline_engine, OnnxBackbone) else "torch"
         print(
-            f"backbone: {spec.name}, input {spec.input_size[0]}x{spec.input_size[1]}, batch {bs}, threads {threads}, "
+            f"backbone: {spec.name}, input {spec.input_size[0]}x{spec.input_size[1]}{' + mirror' if spec.flip else ''}, "
+            f"batch {bs}, threads {threads}, "
             f"images {res.images}, pipeline engine {engine}, {args.rounds} rounds, {len(t_ort)} bare batches per engine"
         )
         per_round = ", ".join(f"{r:.1f}" for r in rounds)

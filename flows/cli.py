@@ -29,6 +29,25 @@ EngineOption = Annotated[
     str, typer.Option(help="Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch. Features agree either way.")
 ]
 
+#: ``--input-height`` and ``--flip`` on every command that extracts features (a model keeps what it was trained with).
+InputHeightOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Pixels high the backbone sees each photo, width keeping its aspect (default: 300 for EfficientNet-Lite, "
+        "the shard frame as it is; 224 is Lite0's ImageNet size, faster but less accurate on Street View)."
+    ),
+]
+FlipOption = Annotated[
+    str,
+    typer.Option(
+        help="Average each photo's features with its mirror image's: auto (only where every photo drives on the same side "
+        "of the road, so the mirror erases no clue; better on real Street View), on or off. Twice the backbone work.",
+    ),
+]
+
+#: The input height ``demo`` uses on the synthetic world (``run`` and ``cv`` default to the backbone's 300, for real photos).
+SYNTHETIC_INPUT_HEIGHT = 224
+
 app = typer.Typer(
     help="worldnet: continuous GPS prediction from street-level photos (worldNET).", no_args_is_help=True, add_completion=False
 )
@@ -172,6 +191,12 @@ def _preflight(root: str, backbone: str, weights: str | None, only: str | None, 
             raise ValueError(f"--root {root} is not writable ({existing} is read-only for this user); choose a folder you can write")
 
 
+def _check_view(input_height: int | None, flip: str) -> None:
+    from worldnet.features.names import View, resolve_flip
+
+    View(input_height, resolve_flip(flip, lambda: True))
+
+
 def _check_engine(engine: str, device: str) -> None:
     """``--engine`` against ``--device`` (``auto`` resolves per machine later)."""
     from worldnet.features.names import resolve_engine
@@ -252,6 +277,8 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     device: Annotated[str, typer.Option(help="Feature extraction device: auto (CUDA if available) | cpu | cuda.")] = "auto",
     engine: EngineOption = "auto",
+    input_height: InputHeightOption = None,
+    flip: FlipOption = "auto",
     task_runner: Annotated[
         str, typer.Option(help="Where per-shard tasks run: threads (this process) or dask (a Dask cluster via prefect-dask).")
     ] = "threads",
@@ -297,6 +324,7 @@ def run(
         resolve_head_mode(head_mode, "seen")
         _preflight(root, backbone, weights, only, from_stage)
         _check_engine(engine, device)
+        _check_view(input_height, flip)
         _check_classifier(classifier)
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -329,6 +357,8 @@ def run(
         image_width=width,
         image_height=height,
         classifier=classifier,
+        input_height=input_height,
+        flip=flip,
     )
     cfg.device = device
     cfg.engine = engine
@@ -359,7 +389,9 @@ def demo(
     if not (data / "Dataframes").is_dir():
         typer.echo(f"generating the synthetic GSV-Cities world in {data} ...")
         generate(SynthConfig(out=data, per_city=per_city))
-    cfg = _config(data, root, backbone, None, "gsv_cities", False, "auto", "city", 23, 0, None)
+    # the rendered world's flat shapes and per-image noise read best at Lite0's ImageNet height (seen cities 290 km at
+    # 224 px against 476 at 300, docs/method.md); real Street View reads best at the run default, 300
+    cfg = _config(data, root, backbone, None, "gsv_cities", False, "auto", "city", 23, 0, None, input_height=SYNTHETIC_INPUT_HEIGHT)
     start_guard()
     result = pipeline(cfg)
     _print_results(result, root)
@@ -393,6 +425,8 @@ def cv(
     image_size: Annotated[str, typer.Option(help="Shard frame WxH, or auto (the photos' own aspect at 300 px high).")] = "auto",
     classifier: Annotated[str, typer.Option(help="Centroid classifier: mlp (default) or linear.")] = "mlp",
     engine: EngineOption = "auto",
+    input_height: InputHeightOption = None,
+    flip: FlipOption = "auto",
     debug: Annotated[bool, typer.Option(help="Show the full traceback of an error.")] = False,
 ) -> None:
     """Grouped k-fold evaluation of every model on a small dataset; prints the paper's table.
@@ -407,6 +441,7 @@ def cv(
         raise typer.BadParameter("--group must be country or city")
     try:
         _check_engine(engine, "cpu")
+        _check_view(input_height, flip)
         _preflight(str(root), backbone, weights, None, None)
         _check_classifier(classifier)
         resolve_head_mode(head_mode, "unseen")
@@ -424,7 +459,8 @@ def cv(
     from worldnet.evaluate import cross_validate
     from worldnet.features.engine import build_engine
     from worldnet.features.extract import extract_features, load_features
-    from worldnet.geo.regions import country_of
+    from worldnet.features.names import View, resolve_flip
+    from worldnet.geo.regions import country_of, one_driving_side
     from worldnet.models.worldnet_model import TrainConfig
     from worldnet.report import markdown_table, paper_table
 
@@ -441,7 +477,8 @@ def cv(
         typer.echo(
             input_summary(manifest.height - shards.rejects.height, (rejects, rejects_path), (shards.rejects, shard_rejects_path)).line()
         )
-        model = build_engine(backbone, weights, (width, height), engine=engine, graphs_dir=cat.path("onnx_graphs"))
+        view = View(input_height, resolve_flip(flip, lambda: one_driving_side(table["lat"].to_numpy(), table["lon"].to_numpy())))
+        model = build_engine(backbone, weights, (width, height), view=view, engine=engine, graphs_dir=cat.path("onnx_graphs"))
         extract_features(model, cat.path("image_shards"), cat.path("feature_shards"))
     except _user_errors() as exc:
         raise _user_error(exc, debug) from None

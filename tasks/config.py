@@ -6,12 +6,14 @@ it before anything starts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from worldnet.catalog import Catalog
+    from worldnet.features.names import View
 
 STAGES = (
     "ingest",
@@ -34,7 +36,7 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "debias": (("manifest_raw",), ("manifest_debiased",)),
     "split": (("manifest_debiased",), ("splits",)),
     "shard": (("manifest_debiased", "splits"), ("image_shards", "shard_rejects")),
-    "extract_features": (("image_shards",), ("feature_shards",)),
+    "extract_features": (("image_shards", "manifest_debiased"), ("feature_shards",)),  # the manifest settles flip=auto
     "cluster": (("feature_shards",), ("centroids",)),
     "train_classifier": (("feature_shards", "centroids"), ("classifier",)),
     "train_interpolation": (("feature_shards", "centroids", "classifier"), ("worldnet_model",)),
@@ -54,7 +56,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "debias": ("debias_strategy", "debias_cap", "debias_max_share", "debias_max_drop", "seed"),
     "split": ("test_fraction", "val_fraction", "unseen_cities", "n_unseen", "seed"),
     "shard": ("shard_size", "image_width", "image_height", "strict"),
-    "extract_features": ("backbone", "backbone_weights", "flat_features", "device"),
+    "extract_features": ("backbone", "backbone_weights", "input_height", "flip", "flat_features", "device"),
     "cluster": ("cluster_strategy", "k", "seed", "protocols"),
     "train_classifier": ("cluster_strategy", "classifier", "seed", "protocols"),
     "train_interpolation": ("cluster_strategy", "classifier", "crossfit_weight_decay", "seed", "snap", "backbone", "protocols"),
@@ -86,6 +88,10 @@ class PipelineConfig:
     image_height: int = 300
     backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None
+    #: Pixels high the backbone sees each photo (None: its default, 300 for EfficientNet-Lite: the shard frame as it is).
+    input_height: int | None = None
+    #: Average each photo's features with its mirror image's: auto (where all photos drive on one side), on, off.
+    flip: str = "auto"
     flat_features: bool = False
     device: str = "auto"
     #: Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch; features agree to cosine > 0.9999.
@@ -101,6 +107,12 @@ class PipelineConfig:
     protocols: list[str] = field(default_factory=lambda: ["seen", "unseen"])
     progress: bool = True
     mlflow_artifact_limit_mb: float = 256.0
+
+    def view(self, one_driving_side: Callable[[], bool]) -> View:
+        """How the backbone looks at the photos; ``one_driving_side`` settles ``flip='auto'`` (a ValueError for bad settings)."""
+        from worldnet.features.names import View, resolve_flip
+
+        return View(self.input_height, resolve_flip(self.flip, one_driving_side))
 
     def catalog(self) -> Catalog:
         from worldnet.catalog import Catalog

@@ -21,6 +21,7 @@ from worldnet.data.ingest import enforce_strict, ingest, reject_counts, require_
 from worldnet.data.shards import ShardSpec, infer_frame, shard_frame
 from worldnet.data.split import make_splits, split_counts
 from worldnet.features.extract import pending_shards, remove_orphans, write_feature_frame
+from worldnet.geo.regions import one_driving_side
 
 
 @task(name="ingest", task_run_name="ingest-{cfg.dataset_kind}", **STAGE_TASK)
@@ -123,8 +124,10 @@ def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[
         t = time.perf_counter()
         shards_dir, out_dir = cat.require("image_shards"), cat.path("feature_shards")
         frame = shard_frame(shards_dir)
+        manifest = cat.load("manifest_debiased")
+        view = cfg.view(lambda: one_driving_side(manifest["lat"].to_numpy(), manifest["lon"].to_numpy()))
         remove_orphans(shards_dir, out_dir)
-        todo = pending_shards(shards_dir, out_dir, backbone_spec(cfg.backbone, cfg.backbone_weights, frame), cfg.flat_features)
+        todo = pending_shards(shards_dir, out_dir, backbone_spec(cfg.backbone, cfg.backbone_weights, frame, view), cfg.flat_features)
         done = map_with_progress(
             extract_one_task,
             todo,
@@ -138,16 +141,18 @@ def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[
             flat=cfg.flat_features,
             device=cfg.device,
             frame=frame,
+            view=view,
             engine=cfg.engine,
             graphs_dir=str(cat.path("onnx_graphs")),
         )
         images = sum(int(d["images"]) for d in done)
         processes = len({d["pid"] for d in done})
         seconds = time.perf_counter() - t
-        spec = backbone_spec(cfg.backbone, cfg.backbone_weights, frame)
-        write_feature_frame(out_dir, frame, spec.input_size)
+        spec = backbone_spec(cfg.backbone, cfg.backbone_weights, frame, view)
+        write_feature_frame(out_dir, frame, spec)
         engines = sorted({str(d["engine"]) for d in done})
         mlflow.log_params({"backbone": cfg.backbone, "dim": spec.dim, "input_size": str(spec.input_size), "frame": str(frame)})
+        mlflow.log_params({"flip_setting": cfg.flip, "flip": spec.flip})
         mlflow.log_param("engine", ",".join(engines) or "none (all shards done before)")
         ips = images / seconds if images else 0.0
         mlflow.log_metrics({"images": images, "shards_embedded": len(todo), "images_per_second": ips, "seconds": seconds})

@@ -17,7 +17,7 @@ from prefect import task
 from tasks.config import PipelineConfig
 from tasks.lineage import STAGE_TASK, input_summary_of, stage_run
 from worldnet.evaluate import ProtocolResult, evaluate_step
-from worldnet.features.extract import feature_frame, load_features
+from worldnet.features.extract import feature_frame, feature_view, load_features
 from worldnet.head_modes import HEAD_MODES, other_head_mode, resolve_head_mode
 from worldnet.io import write_text_atomic
 from worldnet.models.predictor import load_classifier, load_worldnet, save_classifier, save_worldnet
@@ -83,12 +83,15 @@ def train_interpolation_task(cfg: PipelineConfig, parent_run_id: str | None = No
     with stage_run(cfg, "train_interpolation", parent_run_id):
         mlflow.log_params({"head_mode": cfg.head_mode, "snap": cfg.snap, "crossfit_weight_decay": cfg.crossfit_weight_decay})
         frame = feature_frame(cat.require("feature_shards"))
+        view = feature_view(cat.require("feature_shards"), cfg.backbone)
         for proto, data in _protocols(cfg):
             centroids = cat.load("centroids", protocol=proto)
             fit = load_classifier(cat.require("classifier", protocol=proto))
             for mode in HEAD_MODES:
                 wn = train_interpolation_step(data, centroids, fit, mode, cfg.cluster_strategy, _train_cfg(cfg))
-                save_worldnet(wn, cat.path("worldnet_model", protocol=proto, mode=mode), backbone=cfg.backbone, snap=cfg.snap, frame=frame)
+                save_worldnet(
+                    wn, cat.path("worldnet_model", protocol=proto, mode=mode), backbone=cfg.backbone, snap=cfg.snap, frame=frame, view=view
+                )
                 mlflow.log_metric(f"{proto}.{mode}.head_final_loss_km", wn.metrics["head_final_loss_km"])
                 out[f"{proto}.{mode}"] = wn.metrics["head_final_loss_km"]
     return out

@@ -31,6 +31,7 @@ from worldnet.data.shards import ShardJob, ShardResult, ShardSpec, collect_shard
 from worldnet.features.backbones import Backbone, BackboneSpec, build_backbone
 from worldnet.features.engine import OnnxBackbone, build_engine
 from worldnet.features.extract import extract_features
+from worldnet.features.names import View
 from worldnet.models.batch import predict_shard
 from worldnet.models.predictor import Predictor
 from worldnet.parallel import default_workers
@@ -73,9 +74,9 @@ def worker_threads() -> int | None:
 
 
 @lru_cache(maxsize=4)
-def cached_backbone(name: str, weights: str | None, frame: tuple[int, int] | None = None) -> Backbone:
-    """Build each backbone once per process and frame (a Dask worker embeds many shards)."""
-    return build_backbone(name, weights, frame)
+def cached_backbone(name: str, weights: str | None, frame: tuple[int, int] | None = None, view: View | None = None) -> Backbone:
+    """Build each backbone once per process, frame and view (a Dask worker embeds many shards)."""
+    return build_backbone(name, weights, frame, view)
 
 
 @lru_cache(maxsize=4)
@@ -83,6 +84,7 @@ def cached_engine(
     name: str,
     weights: str | None,
     frame: tuple[int, int] | None,
+    view: View | None,
     engine: str,
     device: str,
     flat: bool,
@@ -90,13 +92,13 @@ def cached_engine(
     threads: int | None,
 ) -> Backbone | OnnxBackbone:
     """Each backbone on its engine once per process (see :func:`worldnet.features.engine.build_engine`)."""
-    return build_engine(name, weights, frame, engine=engine, device=device, flat=flat, graphs_dir=graphs_dir, threads=threads)
+    return build_engine(name, weights, frame, view=view, engine=engine, device=device, flat=flat, graphs_dir=graphs_dir, threads=threads)
 
 
-def backbone_spec(name: str, weights: str | None, frame: tuple[int, int] | None = None) -> BackboneSpec:
+def backbone_spec(name: str, weights: str | None, frame: tuple[int, int] | None = None, view: View | None = None) -> BackboneSpec:
     """The spec of a backbone, built (once per process) under the model lock."""
     with MODEL_LOCK:
-        return cached_backbone(name, weights, frame).spec
+        return cached_backbone(name, weights, frame, view).spec
 
 
 # Task functions must pickle by reference (Dask ships them to workers; by
@@ -124,11 +126,12 @@ def _extract_one(
     frame: tuple[int, int] | None = None,
     engine: str = "auto",
     graphs_dir: str | None = None,
+    view: View | None = None,
 ) -> dict[str, Any]:
     """Embed one image shard into its feature shard (``pid`` says which process did it, ``engine`` on what)."""
     with MODEL_LOCK:  # building under the lock too: two threads seeding one global RNG would interleave draws
         threads = worker_threads()
-        model = cached_engine(backbone, weights, tuple(frame) if frame else None, engine, device, flat, graphs_dir, threads)
+        model = cached_engine(backbone, weights, tuple(frame) if frame else None, view, engine, device, flat, graphs_dir, threads)
         res = extract_features(model, shards_dir, out_dir, only=[shard], threads=threads, flat=flat, device=device, progress=False)
     used = "onnx" if isinstance(model, OnnxBackbone) else "torch"
     return {"images": res.images, "seconds": res.seconds, "pid": os.getpid(), "engine": used}

@@ -99,7 +99,7 @@ def register_task(cfg: PipelineConfig, scores: dict[str, float], parent_run_id: 
         mlflow.log_metrics({f"{p}_mean_km": v for p, v in scores.items()})
         mlflow.set_tag("split_sha256", split_hash)
         wn, backbone, _ = load_worldnet(local_model)
-        engine = build_engine(backbone, cfg.backbone_weights, wn.frame, engine="onnx", graphs_dir=cat.path("onnx_graphs"))
+        engine = build_engine(backbone, cfg.backbone_weights, wn.frame, view=wn.view, engine="onnx", graphs_dir=cat.path("onnx_graphs"))
         artifacts = {"worldnet": str(local_model)}
         if isinstance(engine, OnnxBackbone):  # shipped with the model, so serving needs no export
             artifacts["onnx_graphs"] = str(stack.enter_context(local_copy(engine.path)))

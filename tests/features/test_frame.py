@@ -31,8 +31,10 @@ def _photo(path, size, seed=0, exif_orientation=None):
 
 def test_the_backbone_input_keeps_the_frame_aspect():
     spec = build_backbone("efficientnet_lite0_random").spec
-    assert input_size_for(spec, (400, 300)) == spec.input_size == (224, 298)  # the 4:3 default is unchanged
-    assert input_size_for(spec, (600, 300)) == (224, 448)  # a 2:1 Street View frame reaches the model whole
+    assert input_size_for(spec, (400, 300)) == spec.input_size == (300, 400)  # the default 4:3 frame, as sharded
+    assert input_size_for(spec, (600, 300)) == (300, 600)  # a 2:1 Street View frame reaches the model whole
+    assert input_size_for(spec, (600, 300), 224) == (224, 448)  # Lite0's ImageNet height, same aspect
+    assert input_size_for(spec, None, 224) == (224, 298)
     assert build_backbone("tiny_random", frame=(600, 300)).spec.input_size == (48, 96)
     with pytest.raises(ValueError, match="frame"):
         input_size_for(spec, (0, 300))

@@ -57,6 +57,8 @@ def test_mistakes_in_options_are_answered_before_anything_starts(tmp_path):
         (["--weights", str(a_file)], "drop --weights"),
         (["--backbone", "vgg19", "--weights", str(tmp_path / "none.pth")], "is not a file"),
         (["--root", str(a_file)], "is a file"),
+        (["--input-height", "8"], "--input-height must be between 16 and 2048"),
+        (["--flip", "sideways"], "--flip 'sideways' is unknown"),
     ]
     if os.geteuid() != 0:  # root may write anywhere
         cases.append((["--root", str(read_only / "wn")], "is not writable"))
@@ -73,7 +75,7 @@ def test_argument_errors_are_answered_without_loading_torch_prefect_or_mlflow(tm
     probe = (
         "import sys\n"
         "from flows.cli import app\n"
-        "for args in (['--only', 'bogus'], ['--backbone', 'nope'], ['--head-mode', 'x'], ['--debias', 'y']):\n"
+        "for args in (['--only', 'bogus'], ['--backbone', 'nope'], ['--head-mode', 'x'], ['--debias', 'y'], ['--input-height', '1']):\n"
         "    try:\n"
         f"        app(['run', '--data-root', {str(tmp_path)!r}, *args])\n"
         "    except SystemExit as exc:\n"
@@ -87,10 +89,12 @@ def test_argument_errors_are_answered_without_loading_torch_prefect_or_mlflow(tm
 
 def test_pipeline_defaults_are_the_trainers_defaults():
     from tasks.config import PipelineConfig
+    from worldnet.features.names import View
     from worldnet.models.worldnet_model import TrainConfig
 
     cfg, train = PipelineConfig(), TrainConfig()
     assert (cfg.classifier, cfg.crossfit_weight_decay) == (train.classifier, train.crossfit_weight_decay)
+    assert cfg.view(lambda: True) == View(None, True) and cfg.view(lambda: False) == View(None, False)  # flip=auto
 
 
 def test_serve_refuses_a_bad_model_or_port_in_one_line(tmp_path):

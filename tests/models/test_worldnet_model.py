@@ -115,3 +115,41 @@ def test_crossfit_head_falls_back_to_the_prior_when_features_carry_no_location(s
     km["mean model"] = haversine_km(truth[:, 0], truth[:, 1], mean[:, 0], mean[:, 1]).mean()
     assert km["crossfit"] < km["in_sample"]
     assert km["crossfit"] < 1.05 * km["mean model"]
+
+
+def test_the_ensemble_is_its_members_averaged_and_survives_save_and_load(tmp_path):
+    from worldnet.models.predictor import load_classifier, save_classifier
+    from worldnet.models.worldnet_model import ClassifierFit, Standardiser, _train_member, one_hot_targets, train_classifier
+
+    rng = np.random.default_rng(0)
+    X = torch.from_numpy(rng.normal(size=(240, 12)).astype(np.float32))
+    y = rng.integers(0, 4, 240)
+    cfg = TrainConfig(seed=3, members=3, max_epochs=4)
+    ens, metrics = train_classifier(X, y, X[:40], y[:40], 4, cfg)
+    assert ens.members == 3 and metrics["members"] == 3
+    soft = torch.from_numpy(one_hot_targets(y, 4, 0.05))
+    alone = [_train_member(X, soft, X[:40], y[:40], 4, cfg, cfg.seed + 7919 * i)[0] for i in range(3)]
+    single, _ = train_classifier(X, y, X[:40], y[:40], 4, TrainConfig(seed=3, members=1, max_epochs=4))
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(m(X), -1) for m in alone]).mean(0)
+        torch.testing.assert_close(torch.softmax(ens(X), -1), mean, atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(torch.softmax(alone[0](X), -1), torch.softmax(alone[1](X), -1), atol=1e-3)  # members differ
+        torch.testing.assert_close(single(X), alone[0](X))  # one member is the single MLP of the same seed
+    std = Standardiser(np.zeros(12, np.float32), np.ones(12, np.float32))
+    back = load_classifier(save_classifier(ClassifierFit(std, ens, metrics), tmp_path / "c.pt")).classifier
+    with torch.no_grad():
+        torch.testing.assert_close(back(X), ens(X))
+
+
+def test_the_sample_budget_pays_for_members_on_small_data_only():
+    from worldnet.models.worldnet_model import mlp_members
+
+    cfg = TrainConfig()
+    assert mlp_members(1_200, cfg) == cfg.members == 5  # 1,200 rows x 60 epochs: a sliver of the 2M-row budget
+    assert mlp_members(20_000, cfg) == 1  # 20k x 60 epochs is already over half of it
+    assert mlp_members(500_000, cfg) == 1
+    assert mlp_members(1_200, TrainConfig(members=1)) == 1
+    with pytest.raises(ValueError, match="members"):
+        from worldnet.models.worldnet_model import CentroidClassifier
+
+        CentroidClassifier(8, 3, members=2, kind="linear")

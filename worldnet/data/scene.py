@@ -27,7 +27,8 @@ from PIL import Image, ImageDraw
 
 from worldnet.geo.sphere import latlon_to_xyz
 
-#: Countries (ISO alpha-2) that drive on the left.
+#: Countries (ISO alpha-2) that drive on the left in the synthetic world: frozen so that the world's bytes never change
+#: (``worldnet.geo.regions.LEFT_HAND_TRAFFIC`` is the full list the pipeline uses).
 LEFT_HAND_TRAFFIC = frozenset({"GB", "IE", "JP", "TH", "AU", "NZ", "ZA", "KE", "SG", "IN", "MY", "ID", "HK", "MT", "CY"})
 #: Continents where a yellow centre line is the norm.
 YELLOW_CENTRE_LINE = frozenset({"North America", "South America"})

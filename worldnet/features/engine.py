@@ -26,7 +26,7 @@ import torch
 from upath import UPath
 
 from worldnet.features.backbones import Backbone, BackboneSpec, build_backbone, efficientnet_lite_weights_path, vgg19_weights_path
-from worldnet.features.names import ENGINES, resolve_engine
+from worldnet.features.names import ENGINES, View, resolve_engine
 from worldnet.features.preprocess import normalise_batch
 from worldnet.io import write_bytes_atomic
 from worldnet.storage import as_path
@@ -59,9 +59,9 @@ def weights_fingerprint(name: str, weights: str | None = None) -> str:
 
 
 def onnx_name(spec: BackboneSpec, fingerprint: str) -> str:
-    """File name of a backbone's graph: one per backbone, weights and input size."""
+    """File name of a backbone's graph: one per backbone, weights, input size and mirror averaging."""
     h, w = spec.input_size
-    return f"{spec.name}-{fingerprint}-{h}x{w}-u8-opset{OPSET}.onnx"
+    return f"{spec.name}-{fingerprint}-{h}x{w}{'-flip' if spec.flip else ''}-u8-opset{OPSET}.onnx"
 
 
 class _Pooled(torch.nn.Module):
@@ -205,18 +205,19 @@ def build_engine(
     weights: str | None = None,
     frame: tuple[int, int] | None = None,
     *,
+    view: View | None = None,
     engine: str = "auto",
     device: str = "auto",
     flat: bool = False,
     graphs_dir: str | Path | UPath | None = None,
     threads: int | None = None,
 ) -> Backbone | OnnxBackbone:
-    """The backbone ``name`` ready to embed photos framed ``frame``, on the engine ``engine`` resolves to.
+    """The backbone ``name`` ready to embed photos framed ``frame`` and seen as ``view``, on the engine ``engine`` resolves to.
 
     PyTorch serves where ONNX Runtime cannot: CUDA, flat (unpooled) features,
     and an export that fails its check (a warning says so).
     """
-    backbone = build_backbone(name, weights, frame)
+    backbone = build_backbone(name, weights, frame, view)
     dev = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
     if resolve_engine(engine, dev) == "torch" or flat:
         return backbone

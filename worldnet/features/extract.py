@@ -32,8 +32,9 @@ from upath import UPath
 
 from worldnet.data.dataset import ShardBatch, ShardBatchDataset
 from worldnet.data.shards import shard_paths
-from worldnet.features.backbones import Backbone, BackboneSpec
+from worldnet.features.backbones import Backbone, BackboneSpec, saved_view
 from worldnet.features.engine import OnnxBackbone
+from worldnet.features.names import View
 from worldnet.features.preprocess import decode_to_input, normalise_batch
 from worldnet.features.runtime import tune_cpu_allocator
 from worldnet.io import write_text_atomic, write_with_atomic
@@ -86,7 +87,7 @@ def provenance(shard: UPath, spec: BackboneSpec, flat: bool = False) -> dict[str
     """
     side = shard.with_suffix(".json")
     source = json.loads(side.read_text()).get("sha256") if side.is_file() else None
-    return {"source_sha256": source, "backbone": spec.name, "input_size": list(spec.input_size), "flat": flat}
+    return {"source_sha256": source, "backbone": spec.name, "input_size": list(spec.input_size), "flip": spec.flip, "flat": flat}
 
 
 def _is_done(npy: UPath, index: UPath, n_rows: int, prov: dict[str, object] | None = None) -> bool:
@@ -290,12 +291,13 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 FRAME_FILE = "frame.json"
 
 
-def write_feature_frame(out_dir: str | Path | UPath, frame: tuple[int, int], input_size: tuple[int, int]) -> None:
-    """Record beside the feature shards the image frame (w, h) and model input (h, w) they were made with.
+def write_feature_frame(out_dir: str | Path | UPath, frame: tuple[int, int], spec: BackboneSpec) -> None:
+    """Record beside the feature shards the image frame (w, h) and the view (input (h, w), mirror) they were made with.
 
-    A model trained on these features must see new photos framed the same way.
+    A model trained on these features must see new photos framed and viewed the same way.
     """
-    write_text_atomic(as_path(out_dir) / FRAME_FILE, json.dumps({"frame": list(frame), "input_size": list(input_size)}))
+    record = {"frame": list(frame), "input_size": list(spec.input_size), "view": {"height": spec.input_size[0], "flip": spec.flip}}
+    write_text_atomic(as_path(out_dir) / FRAME_FILE, json.dumps(record))
 
 
 def feature_frame(out_dir: str | Path | UPath) -> tuple[int, int] | None:
@@ -305,6 +307,12 @@ def feature_frame(out_dir: str | Path | UPath) -> tuple[int, int] | None:
         return None
     w, h = json.loads(f.read_text())["frame"]
     return int(w), int(h)
+
+
+def feature_view(out_dir: str | Path | UPath, backbone: str) -> View:
+    """The view :func:`write_feature_frame` recorded (features made before views existed saw the backbone's old height)."""
+    f = as_path(out_dir) / FRAME_FILE
+    return saved_view(backbone, json.loads(f.read_text()).get("view") if f.is_file() else None)
 
 
 def load_features(out_dir: str | Path | UPath) -> tuple[np.ndarray, pl.DataFrame]:
@@ -323,6 +331,8 @@ __all__ = [
     "ExtractResult",
     "default_loader_workers",
     "extract_features",
+    "feature_frame",
+    "feature_view",
     "load_features",
     "pending_shards",
     "remove_orphans",

@@ -19,9 +19,10 @@ from upath import UPath
 
 from worldnet.data.photos import HEAD_BYTES, describe_head, sniff_format
 from worldnet.data.shards import MAX_PIXELS, ShardSpec, frame_photo
-from worldnet.features.backbones import Backbone
+from worldnet.features.backbones import Backbone, saved_view
 from worldnet.features.engine import OnnxBackbone, build_engine
 from worldnet.features.extract import decode_for
+from worldnet.features.names import View
 from worldnet.features.preprocess import normalise_batch
 from worldnet.geo.land import snap_to_land
 from worldnet.geo.regions import continent_of, country_of
@@ -42,28 +43,34 @@ def _linear(seq: torch.nn.Sequential, i: int) -> torch.nn.Linear:
 
 
 def save_worldnet(
-    wn: WorldNet, path: str | Path | UPath, *, backbone: str, snap: bool = True, frame: tuple[int, int] | None = None
+    wn: WorldNet,
+    path: str | Path | UPath,
+    *,
+    backbone: str,
+    snap: bool = True,
+    frame: tuple[int, int] | None = None,
+    view: View | None = None,
 ) -> UPath:
     """Write a trained worldNET and its settings to one file, atomically.
 
-    ``frame`` (width, height) is how its training photos were framed; photos
-    given to the predictor are framed the same way (None: the 4:3 default).
+    ``frame`` (width, height) is how its training photos were framed and
+    ``view`` how the backbone looked at them; photos given to the predictor are
+    framed and viewed the same way (None: the 4:3 default, the backbone's view).
     """
     framed = frame or wn.frame
+    viewed = view or wn.view or View()
     blob: dict[str, object] = {
         "backbone": backbone,
         "frame": list(framed) if framed else None,
+        "view": viewed.as_dict(),
         "snap": snap,
         "mode": wn.mode,
         "mean": torch.from_numpy(wn.standardiser.mean),
         "std": torch.from_numpy(wn.standardiser.std),
         "centroids": torch.from_numpy(np.array(wn.centroids_latlon, dtype=np.float64)),
         "names": list(wn.centroid_names),
-        "dims": [
-            _linear(wn.classifier.net, 1).in_features,
-            _linear(wn.classifier.net, 1).out_features,
-            _linear(wn.head.mlp, 0).out_features,
-        ],
+        "dims": [wn.classifier.dim, wn.classifier.hidden, _linear(wn.head.mlp, 0).out_features],
+        "members": wn.classifier.members,
         "classifier": wn.classifier.state_dict(),
         "classifier_kind": wn.classifier.kind,
         "head": wn.head.state_dict(),
@@ -78,11 +85,8 @@ def save_classifier(fit: ClassifierFit, path: str | Path | UPath) -> UPath:
     blob = {
         "mean": torch.from_numpy(fit.standardiser.mean),
         "std": torch.from_numpy(fit.standardiser.std),
-        "dims": [
-            _linear(fit.classifier.net, 1).in_features,
-            _linear(fit.classifier.net, 1).out_features,
-            _linear(fit.classifier.net, 4).out_features,
-        ],
+        "dims": [fit.classifier.dim, fit.classifier.hidden, fit.classifier.k],
+        "members": fit.classifier.members,
         "classifier": fit.classifier.state_dict(),
         "classifier_kind": fit.classifier.kind,
         "metrics": {k: float(v) for k, v in fit.metrics.items()},
@@ -121,7 +125,7 @@ def load_classifier(path: str | Path | UPath) -> ClassifierFit:
     """Load what :func:`save_classifier` wrote."""
     blob = _torch_load(path)
     dim, hidden, k = blob["dims"]
-    clf = CentroidClassifier(dim, k, hidden, kind=str(blob.get("classifier_kind", "mlp")))
+    clf = CentroidClassifier(dim, k, hidden, kind=str(blob.get("classifier_kind", "mlp")), members=int(blob.get("members", 1)))
     clf.load_state_dict(blob["classifier"])
     clf.eval()
     return ClassifierFit(Standardiser(blob["mean"].numpy(), blob["std"].numpy()), clf, dict(blob["metrics"]))
@@ -141,7 +145,7 @@ def load_worldnet(path: str | Path | UPath) -> tuple[WorldNet, str, bool]:
     blob = _torch_load(path)
     dim, hidden, head_hidden = blob["dims"]
     c = blob["centroids"].numpy()
-    clf = CentroidClassifier(dim, len(c), hidden, kind=str(blob.get("classifier_kind", "mlp")))
+    clf = CentroidClassifier(dim, len(c), hidden, kind=str(blob.get("classifier_kind", "mlp")), members=int(blob.get("members", 1)))
     clf.load_state_dict(blob["classifier"])
     clf.eval()
     head = InterpolationHead(c, head_hidden)
@@ -151,6 +155,7 @@ def load_worldnet(path: str | Path | UPath) -> tuple[WorldNet, str, bool]:
     wn = WorldNet(Standardiser(blob["mean"].numpy(), blob["std"].numpy()), clf, head, c, list(blob["names"]), blob["mode"], metrics)
     if blob.get("frame"):
         wn.frame = (int(blob["frame"][0]), int(blob["frame"][1]))
+    wn.view = saved_view(str(blob["backbone"]), blob.get("view"))
     return wn, str(blob["backbone"]), bool(blob["snap"])
 
 
@@ -274,7 +279,11 @@ class Predictor:
         ``graphs_dir``: where ONNX graphs are cached (the catalog's ``onnx_graphs``); ``None`` exports in memory.
         """
         wn, backbone, snap = load_worldnet(path)
-        return cls(wn, build_engine(backbone, weights, wn.frame, engine=engine, device="cpu", graphs_dir=graphs_dir, threads=threads), snap)
+        return cls(
+            wn,
+            build_engine(backbone, weights, wn.frame, view=wn.view, engine=engine, device="cpu", graphs_dir=graphs_dir, threads=threads),
+            snap,
+        )
 
     @property
     def engine(self) -> str:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from worldnet.features.names import View
 from worldnet.geo.sphere import haversine_km_torch, latlon_to_xyz
 from worldnet.head_modes import HEAD_MODES
 from worldnet.models.linear import fit_softmax, smoothed_targets, torch_threads, training_threads, whitening
@@ -72,6 +73,9 @@ class TrainConfig:
     max_samples: int = 2_000_000
     #: mlp: train on the haversine-smoothed targets (else one-hot with label smoothing 0.05).
     mlp_soft_targets: bool = True
+    #: mlp: independently initialised members trained side by side, their probabilities averaged; as many as
+    #: ``max_samples`` pays for at ``max_epochs`` (all of them on a few thousand photos, one from ~33k rows on).
+    members: int = 5
     head_hidden: int = 128
     head_lr: float = 3e-3
     head_epochs: int = 150
@@ -98,6 +102,20 @@ class Standardiser:
         return torch.from_numpy(((X - self.mean) / self.std).astype(np.float32))
 
 
+class MemberLinear(nn.Module):
+    """``members`` independent (hidden → K) layers run as one batched product: (N, members·hidden) → (N, members, K)."""
+
+    def __init__(self, hidden: int, k: int, members: int):
+        super().__init__()
+        self.in_features, self.out_features, self.members = hidden, k, members
+        bound = 1.0 / hidden**0.5  # nn.Linear's initialisation, per member
+        self.weight = nn.Parameter(torch.empty(members, hidden, k).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, k).uniform_(-bound, bound))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nmh,mhk->nmk", h.view(h.shape[0], self.members, -1), self.weight) + self.bias
+
+
 class CentroidClassifier(nn.Module):
     """Features → logits over K centroids.
 
@@ -105,21 +123,38 @@ class CentroidClassifier(nn.Module):
     (hidden → K), so they save and load alike: ``mlp`` has dropout and a ReLU
     between them; ``linear`` has neither, and ``net[1]`` is the fixed PCA
     whitening (``hidden`` = components kept).
+
+    An ``mlp`` of several ``members`` is a deep ensemble in one module: each
+    member has its own hidden units and output layer, and ``forward`` gives the
+    log of their mean probability, so ``softmax(forward(x))`` is the ensemble's
+    distribution. On a thousand real Street View photos one MLP's answer
+    depends on its initialisation and on which epoch a small validation set
+    picked; five averaged were better on both protocols (``docs/method.md``).
     """
 
-    def __init__(self, dim: int, k: int, hidden: int = 256, dropout: float = 0.3, kind: str = "mlp"):
+    def __init__(self, dim: int, k: int, hidden: int = 256, dropout: float = 0.3, kind: str = "mlp", members: int = 1):
         super().__init__()
         if kind not in CLASSIFIERS:
             raise ValueError(f"unknown classifier {kind!r}; choose one of {', '.join(CLASSIFIERS)}")
-        self.kind = kind
+        if members < 1 or (kind == "linear" and members != 1):
+            raise ValueError(f"members must be >= 1 (1 for the linear classifier), got {members}")
+        self.kind, self.dim, self.hidden, self.k, self.members = kind, dim, hidden, k, members
         if kind == "linear":
             self.net = nn.Sequential(nn.Identity(), nn.Linear(dim, hidden), nn.Identity(), nn.Identity(), nn.Linear(hidden, k))
         else:
-            self.net = nn.Sequential(nn.Dropout(dropout / 2), nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, k))
+            out: nn.Module = nn.Linear(hidden, k) if members == 1 else MemberLinear(hidden, k, members)
+            self.net = nn.Sequential(nn.Dropout(dropout / 2), nn.Linear(dim, hidden * members), nn.ReLU(), nn.Dropout(dropout), out)
+
+    def member_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, members, K) logits of every member."""
+        out: torch.Tensor = self.net(x)
+        return out if self.members > 1 else out[:, None, :]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.net(x)
-        return out
+        if self.members == 1:
+            out: torch.Tensor = self.net(x)
+            return out
+        return torch.logsumexp(torch.log_softmax(self.member_logits(x), dim=-1), dim=1) - float(np.log(self.members))
 
 
 class InterpolationHead(nn.Module):
@@ -216,6 +251,28 @@ def mlp_batch_size(n: int, cfg: TrainConfig) -> int:
     return max(cfg.batch_size, -(-n // cfg.max_steps_per_epoch))
 
 
+def mlp_epochs(n: int, cfg: TrainConfig) -> int:
+    """Epochs of the MLP on ``n`` rows: ``max_epochs``, fewer once ``max_samples`` rows would be exceeded."""
+    return max(1, min(cfg.max_epochs, -(-cfg.max_samples // max(1, n))))
+
+
+def mlp_members(n: int, cfg: TrainConfig) -> int:
+    """Ensemble members the sample budget pays for: ``cfg.members`` on small data, one from ~33k rows on.
+
+    Members train side by side on the same batches, so each costs a full pass
+    over the data; the budget (``max_samples`` rows in all) keeps the cost of
+    training flat in the data size, ensemble or not.
+    """
+    return max(1, min(cfg.members, cfg.max_samples // max(1, n * mlp_epochs(n, cfg))))
+
+
+def one_hot_targets(y: np.ndarray, k: int, smoothing: float = 0.0) -> np.ndarray:
+    """(N, K) one-hot rows of ``y``, label-smoothed as ``cross_entropy(label_smoothing=...)`` does."""
+    t = np.full((len(y), k), smoothing / k, dtype=np.float32)
+    t[np.arange(len(y)), np.asarray(y, dtype=np.int64)] += 1.0 - smoothing
+    return t
+
+
 def _train_mlp(
     X: torch.Tensor,
     y: np.ndarray,
@@ -225,24 +282,38 @@ def _train_mlp(
     cfg: TrainConfig,
     targets: np.ndarray | None = None,
 ) -> tuple[CentroidClassifier, dict[str, float]]:
-    """The paper's classifier: AdamW + cross-entropy (on soft ``targets`` when given), keeping the best validation epoch."""
-    torch.manual_seed(cfg.seed)
+    """The paper's classifier: AdamW + cross-entropy (on soft ``targets`` when given), keeping the best validation epoch.
+
+    An ensemble (:func:`mlp_members`) trains its members one after another,
+    each from its own seed and stopped at its own best epoch, then packs them
+    into one module that runs them as a single batched product.
+    """
+    soft = torch.from_numpy(targets if targets is not None else one_hot_targets(y, k, 0.05))
+    trained = [_train_member(X, soft, X_val, y_val, k, cfg, cfg.seed + 7919 * i) for i in range(mlp_members(len(X), cfg))]
+    if len(trained) == 1:
+        return trained[0]
+    model = pack_members([m for m, _ in trained], cfg.dropout)
+    metrics = {"best_epoch": float(np.mean([m["best_epoch"] for _, m in trained])), "val_accuracy": 0.0, "members": len(trained)}
+    if X_val is not None and y_val is not None and len(y_val):
+        with torch.no_grad():
+            metrics["val_accuracy"] = float((model(X_val).argmax(1).numpy() == y_val).mean())
+    return model, metrics
+
+
+def _train_member(
+    X: torch.Tensor, soft: torch.Tensor, X_val: torch.Tensor | None, y_val: np.ndarray | None, k: int, cfg: TrainConfig, seed: int
+) -> tuple[CentroidClassifier, dict[str, float]]:
+    """One MLP from ``seed``, early-stopped on validation accuracy."""
+    torch.manual_seed(seed)
     model = CentroidClassifier(X.shape[1], k, cfg.hidden, cfg.dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    soft = torch.from_numpy(targets) if targets is not None else None
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(seed)
     best_acc, best_state, best_epoch, bad = -1.0, copy.deepcopy(model.state_dict()), 0, 0
-    epochs = max(1, min(cfg.max_epochs, -(-cfg.max_samples // max(1, len(X)))))
-    for epoch in range(epochs):
+    for epoch in range(mlp_epochs(len(X), cfg)):
         model.train()
         for idx in torch.randperm(len(X), generator=g).split(mlp_batch_size(len(X), cfg)):
             opt.zero_grad()
-            logits = model(X[idx])
-            if soft is not None:
-                loss = nn.functional.cross_entropy(logits, soft[idx])
-            else:
-                loss = nn.functional.cross_entropy(logits, yt[idx], label_smoothing=0.05)
+            loss = nn.functional.cross_entropy(model(X[idx]), soft[idx])
             loss.backward()
             opt.step()
         if X_val is None or y_val is None or len(y_val) == 0:
@@ -260,6 +331,27 @@ def _train_mlp(
     model.load_state_dict(best_state)
     model.eval()
     return model, {"val_accuracy": max(best_acc, 0.0), "best_epoch": float(best_epoch)}
+
+
+def pack_members(members: list[CentroidClassifier], dropout: float = 0.3) -> CentroidClassifier:
+    """Single-member MLPs of one shape → one :class:`CentroidClassifier` that averages their probabilities."""
+    first = members[0]
+    packed = CentroidClassifier(first.dim, first.k, first.hidden, dropout, members=len(members))
+    hidden_in, out = packed.net[1], packed.net[4]
+    if not (isinstance(hidden_in, nn.Linear) and isinstance(out, MemberLinear)):
+        raise TypeError("the MLP's layout changed: net[1] must be Linear and net[4] MemberLinear")
+    layers: list[tuple[nn.Linear, nn.Linear]] = []
+    for m in members:
+        a, b = m.net[1], m.net[4]
+        if not (isinstance(a, nn.Linear) and isinstance(b, nn.Linear)) or m.members != 1:
+            raise TypeError("only single-member MLPs can be packed")
+        layers.append((a, b))
+    with torch.no_grad():
+        hidden_in.weight.copy_(torch.cat([a.weight for a, _ in layers]))
+        hidden_in.bias.copy_(torch.cat([a.bias for a, _ in layers]))
+        out.weight.copy_(torch.stack([b.weight.T for _, b in layers]))
+        out.bias.copy_(torch.stack([b.bias for _, b in layers]))
+    return packed.eval()
 
 
 def predict_proba(model: CentroidClassifier, X: torch.Tensor) -> torch.Tensor:
@@ -377,6 +469,8 @@ class WorldNet:
     metrics: dict[str, float] = field(default_factory=dict)
     #: (width, height) its training photos were framed to; None: the 4:3 default (400, 300).
     frame: tuple[int, int] | None = None
+    #: How its backbone looked at them (input height, mirror averaging); None: the backbone's default.
+    view: View | None = None
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 2) lat/lon before land snapping, and (N, K) classifier probabilities."""
