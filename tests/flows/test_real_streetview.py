@@ -44,6 +44,8 @@ def test_worldnet_beats_the_mean_model_on_unseen_places_of_real_cells(harness, s
     cfg = PipelineConfig(data_root=str(tmp_path / "uswest"), root=str(tmp_path / "root"), head_mode="crossfit", progress=False, n_unseen=2)
     out = pipeline(cfg, stages=list(STAGES[: STAGES.index("evaluate") + 1]))
     assert out["debias"]["rows"] == out["ingest"]["rows"] > 500  # one continent: de-biasing keeps every photo
+    # flip=auto settled to the mirror: every photo is from the US, which drives on one side of the road
+    assert cfg.catalog().require("feature_shards").joinpath("frame.json").read_text().count('"flip": true') == 1
     m = cfg.catalog().load("metrics", protocol="seen")
     km = dict(zip(m["model"], m["mean_km"], strict=True))
     print(f"\n{len(cells)} cells, seen protocol: " + ", ".join(f"{k} {v:.0f} km" for k, v in km.items()))
