@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import mlflow
+import polars as pl
 from prefect import task
 
 from tasks.config import PipelineConfig
@@ -115,6 +116,10 @@ def shard_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[st
         return {"shards": res.index.height, "corrupt_images": res.rejects.height}
 
 
+def _one_driving_side(manifest: pl.DataFrame) -> bool:
+    return one_driving_side(manifest["lat"].to_numpy(), manifest["lon"].to_numpy())
+
+
 @task(name="extract_features", task_run_name="extract-{cfg.backbone}", **STAGE_TASK)
 def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     """Map one ``extract-one`` task per image shard whose features are missing."""
@@ -124,8 +129,7 @@ def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[
         t = time.perf_counter()
         shards_dir, out_dir = cat.require("image_shards"), cat.path("feature_shards")
         frame = shard_frame(shards_dir)
-        manifest = cat.load("manifest_debiased")
-        view = cfg.view(lambda: one_driving_side(manifest["lat"].to_numpy(), manifest["lon"].to_numpy()))
+        view = cfg.view(lambda: _one_driving_side(cat.load("manifest_debiased")))  # read only for flip=auto
         remove_orphans(shards_dir, out_dir)
         todo = pending_shards(shards_dir, out_dir, backbone_spec(cfg.backbone, cfg.backbone_weights, frame, view), cfg.flat_features)
         done = map_with_progress(

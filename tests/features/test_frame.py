@@ -11,7 +11,6 @@ from worldnet.data.shards import ShardSpec, frame_photo, infer_frame, shard_fram
 from worldnet.features.backbones import build_backbone, input_size_for
 from worldnet.features.extract import extract_features, load_features
 from worldnet.models.predictor import Predictor, save_worldnet
-from worldnet.models.worldnet_model import TrainConfig, fit_worldnet
 
 
 def _photo(path, size, seed=0, exif_orientation=None):
@@ -48,7 +47,7 @@ def test_the_frame_follows_the_photos_aspect(tmp_path):
     assert infer_frame([str(tmp_path / "missing.jpg")]) == (400, 300)  # nothing readable: the 4:3 default
 
 
-def test_predict_sees_exactly_what_training_saw_and_exif_rotation_is_undone(tmp_path):
+def test_predict_sees_exactly_what_training_saw_and_exif_rotation_is_undone(tmp_path, tiny_worldnet):
     upright = _photo(tmp_path / "up.jpg", (120, 60), seed=3)
     # the same photo stored sideways with an EXIF tag saying "rotate 90° clockwise to view"
     sideways = tmp_path / "side.jpg"
@@ -76,11 +75,7 @@ def test_predict_sees_exactly_what_training_saw_and_exif_rotation_is_undone(tmp_
     extract_features(build_backbone("tiny_random", frame=frame), tmp_path / "shards", tmp_path / "feats", progress=False)
     X_train, _ = load_features(tmp_path / "feats")
 
-    rng = np.random.default_rng(0)
-    cents = np.array([[40.0, -120.0], [45.0, -110.0]])
-    Xf = rng.normal(size=(40, 32)).astype(np.float32)
-    y = np.arange(40) % 2
-    wn = fit_worldnet(Xf, y, cents[y], y.astype(str), Xf[:6], y[:6], cents, ["A", "B"], cfg=TrainConfig(head_epochs=2))
+    wn = tiny_worldnet
     wn.frame = frame
     predictor = Predictor.load(save_worldnet(wn, tmp_path / "m.pt", backbone="tiny_random"))
     assert predictor.backbone.spec.input_size == (48, 96)

@@ -1,5 +1,7 @@
 """How the backbone looks at a photo (height, mirror) is chosen once and travels with features and models."""
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -14,7 +16,6 @@ from worldnet.features.names import View, resolve_flip
 from worldnet.features.preprocess import normalise_batch
 from worldnet.geo.regions import one_driving_side
 from worldnet.models.predictor import Predictor, load_worldnet, save_worldnet
-from worldnet.models.worldnet_model import TrainConfig, fit_worldnet
 
 FRAME = (120, 60)
 
@@ -24,6 +25,28 @@ def _photos(n: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     ramp = np.linspace(-90, 90, FRAME[0])[None, :, None]
     return [np.clip(rng.normal(128, 40, (FRAME[1], FRAME[0], 3)) + ramp, 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+def _shard(photos: list[np.ndarray], folder: Path) -> list[Path]:
+    """Save ``photos`` as JPEGs of two cities and shard them at :data:`FRAME` into ``folder / "shards"``; their paths."""
+    paths = [folder / f"p{i}.jpg" for i in range(len(photos))]
+    for arr, path in zip(photos, paths, strict=True):
+        Image.fromarray(arr).save(path, quality=95)
+    n = len(photos)
+    table = pl.DataFrame(
+        {
+            "image_id": [p.stem for p in paths],
+            "city": ["A" if i % 2 == 0 else "B" for i in range(n)],
+            "lat": [40.0 + 5 * (i % 2) + 0.1 * i for i in range(n)],
+            "lon": [-120.0 + 10 * (i % 2) for i in range(n)],
+            "continent": ["North America"] * n,
+            "seen": ["train"] * n,
+            "unseen": ["train"] * n,
+            "path": [str(p) for p in paths],
+        }
+    )
+    write_shards(table, folder / "shards", ShardSpec(shard_size=4, width=FRAME[0], height=FRAME[1]), workers=1, progress=False)
+    return paths
 
 
 def test_a_view_sets_the_input_height_and_refuses_impossible_ones():
@@ -71,21 +94,7 @@ def test_onnx_runs_the_flipped_view_as_torch_does_in_its_own_graph(tmp_path):
 
 
 def test_features_of_another_view_are_made_again_and_the_view_is_recorded(tmp_path):
-    table = pl.DataFrame(
-        {
-            "image_id": [f"i{i}" for i in range(4)],
-            "city": ["A", "A", "B", "B"],
-            "lat": [40.0, 40.1, 45.0, 45.1],
-            "lon": [-120.0, -120.1, -110.0, -110.1],
-            "continent": ["North America"] * 4,
-            "seen": ["train"] * 4,
-            "unseen": ["train"] * 4,
-            "path": [str(tmp_path / f"p{i}.jpg") for i in range(4)],
-        }
-    )
-    for arr, path in zip(_photos(4), table["path"], strict=True):
-        Image.fromarray(arr).save(path, quality=95)
-    write_shards(table, tmp_path / "shards", ShardSpec(shard_size=4, width=FRAME[0], height=FRAME[1]), workers=1, progress=False)
+    _shard(_photos(4), tmp_path)
     plain = build_backbone("tiny_random", frame=FRAME)
     flipped = build_backbone("tiny_random", frame=FRAME, view=View(flip=True))
     extract_features(plain, tmp_path / "shards", tmp_path / "feats", progress=False)
@@ -96,38 +105,18 @@ def test_features_of_another_view_are_made_again_and_the_view_is_recorded(tmp_pa
     assert feature_view(tmp_path / "none", "efficientnet_lite0") == View(224, False)  # made before views: Lite0's old height
 
 
-def test_a_model_predicts_with_the_view_it_was_trained_with(tmp_path):
+def test_a_model_predicts_with_the_view_it_was_trained_with(tmp_path, tiny_worldnet):
     view = View(64, True)
-    photos = _photos(2, seed=5)
-    table = pl.DataFrame(
-        {
-            "image_id": ["a", "b"],
-            "city": ["A", "B"],
-            "lat": [40.0, 45.0],
-            "lon": [-120.0, -110.0],
-            "continent": ["North America"] * 2,
-            "seen": ["train"] * 2,
-            "unseen": ["train"] * 2,
-            "path": [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")],
-        }
-    )
-    for arr, path in zip(photos, table["path"], strict=True):
-        Image.fromarray(arr).save(path, quality=95)
-    write_shards(table, tmp_path / "shards", ShardSpec(shard_size=4, width=FRAME[0], height=FRAME[1]), workers=1, progress=False)
+    paths = _shard(_photos(2, seed=5), tmp_path)
     extract_features(build_backbone("tiny_random", frame=FRAME, view=view), tmp_path / "shards", tmp_path / "feats", progress=False)
     X_train, _ = load_features(tmp_path / "feats")
 
-    rng = np.random.default_rng(0)
-    cents = np.array([[40.0, -120.0], [45.0, -110.0]])
-    Xf = rng.normal(size=(40, 32)).astype(np.float32)
-    y = np.arange(40) % 2
-    wn = fit_worldnet(Xf, y, cents[y], y.astype(str), Xf[:6], y[:6], cents, ["A", "B"], cfg=TrainConfig(head_epochs=2))
-    path = save_worldnet(wn, tmp_path / "m.pt", backbone="tiny_random", frame=FRAME, view=view)
+    path = save_worldnet(tiny_worldnet, tmp_path / "m.pt", backbone="tiny_random", frame=FRAME, view=view)
     assert load_worldnet(path)[0].view == view
     for engine in ("torch", "onnx"):
         predictor = Predictor.load(path, engine=engine, graphs_dir=tmp_path / "graphs")
         assert predictor.backbone.spec.input_size == (64, 128) and predictor.backbone.spec.flip
-        X_pred = predictor.features([(tmp_path / "a.jpg").read_bytes(), (tmp_path / "b.jpg").read_bytes()])
+        X_pred = predictor.features([p.read_bytes() for p in paths])
         np.testing.assert_allclose(X_pred, X_train.astype(np.float32), atol=2e-3)  # stored as float16
 
 

@@ -296,7 +296,7 @@ def write_feature_frame(out_dir: str | Path | UPath, frame: tuple[int, int], spe
 
     A model trained on these features must see new photos framed and viewed the same way.
     """
-    record = {"frame": list(frame), "input_size": list(spec.input_size), "view": {"height": spec.input_size[0], "flip": spec.flip}}
+    record = {"frame": list(frame), "input_size": list(spec.input_size), "flip": spec.flip}
     write_text_atomic(as_path(out_dir) / FRAME_FILE, json.dumps(record))
 
 
@@ -312,7 +312,8 @@ def feature_frame(out_dir: str | Path | UPath) -> tuple[int, int] | None:
 def feature_view(out_dir: str | Path | UPath, backbone: str) -> View:
     """The view :func:`write_feature_frame` recorded (features made before views existed saw the backbone's old height)."""
     f = as_path(out_dir) / FRAME_FILE
-    return saved_view(backbone, json.loads(f.read_text()).get("view") if f.is_file() else None)
+    record = json.loads(f.read_text()) if f.is_file() else {}
+    return saved_view(backbone, {"height": record["input_size"][0], "flip": record["flip"]} if "flip" in record else None)
 
 
 def load_features(out_dir: str | Path | UPath) -> tuple[np.ndarray, pl.DataFrame]:

@@ -223,7 +223,7 @@ def _train_linear(
 ) -> tuple[CentroidClassifier, dict[str, float]]:
     proj, p = whitening(X, cfg.pca_dim)
     Z = X @ proj
-    T = torch.from_numpy(targets if targets is not None else smoothed_targets(np.zeros((len(y), 2)), np.zeros((k, 2)), y, 0.0))
+    T = torch.from_numpy(targets if targets is not None else one_hot_targets(y, k))
     W, b = fit_softmax(Z, T, cfg.l2)
     model = CentroidClassifier(X.shape[1], k, p, kind="linear")
     whiten, out = model.net[1], model.net[4]
