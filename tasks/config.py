@@ -58,8 +58,8 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "shard": ("shard_size", "image_width", "image_height", "strict"),
     "extract_features": ("backbone", "backbone_weights", "input_height", "flip", "flat_features", "device"),
     "cluster": ("cluster_strategy", "k", "seed", "protocols"),
-    "train_classifier": ("cluster_strategy", "classifier", "seed", "protocols"),
-    "train_interpolation": ("cluster_strategy", "classifier", "crossfit_weight_decay", "seed", "snap", "backbone", "protocols"),
+    "train_classifier": ("cluster_strategy", "classifier", "members", "seed", "protocols"),
+    "train_interpolation": ("cluster_strategy", "classifier", "members", "crossfit_weight_decay", "seed", "snap", "backbone", "protocols"),
     "train_baselines": ("seed", "protocols"),
     "evaluate": ("head_mode", "snap", "seed", "protocols"),
     "report": ("head_mode", "protocols"),
@@ -102,6 +102,8 @@ class PipelineConfig:
     #: mlp (the paper's, default) or linear (PCA whitening + softmax regression; fastest at hundreds of thousands of photos).
     classifier: str = "mlp"  # TrainConfig.classifier (a test keeps the two equal)
     crossfit_weight_decay: float = 100.0  # TrainConfig.crossfit_weight_decay (likewise)
+    #: MLPs in the classifier's ensemble, as many as the sample budget pays for (TrainConfig.members; 1: the paper's one MLP).
+    members: int = 5
     snap: bool = True
     seed: int = 0
     protocols: list[str] = field(default_factory=lambda: ["seen", "unseen"])

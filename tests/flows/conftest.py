@@ -30,7 +30,7 @@ def world(tmp_path_factory):
 
 
 def small_cfg(data, root) -> PipelineConfig:
-    """The scale-out tests' pipeline: the tiny random backbone, shards of 8, the world's own 64x48 frame."""
+    """The scale-out tests' pipeline: the tiny random backbone, shards of 8, the world's own 64x48 frame, one MLP."""
     return PipelineConfig(
         data_root=str(data),
         root=str(root),
@@ -39,6 +39,7 @@ def small_cfg(data, root) -> PipelineConfig:
         shard_size=8,
         image_width=64,
         image_height=48,
+        members=1,
         progress=False,
     )
 

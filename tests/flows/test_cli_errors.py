@@ -59,6 +59,7 @@ def test_mistakes_in_options_are_answered_before_anything_starts(tmp_path):
         (["--root", str(a_file)], "is a file"),
         (["--input-height", "8"], "--input-height must be between 16 and 2048"),
         (["--flip", "sideways"], "--flip 'sideways' is unknown"),
+        (["--members", "0"], "--members 0: the ensemble needs at least one MLP"),
     ]
     if os.geteuid() != 0:  # root may write anywhere
         cases.append((["--root", str(read_only / "wn")], "is not writable"))
@@ -93,7 +94,7 @@ def test_pipeline_defaults_are_the_trainers_defaults():
     from worldnet.models.worldnet_model import TrainConfig
 
     cfg, train = PipelineConfig(), TrainConfig()
-    assert (cfg.classifier, cfg.crossfit_weight_decay) == (train.classifier, train.crossfit_weight_decay)
+    assert (cfg.classifier, cfg.crossfit_weight_decay, cfg.members) == (train.classifier, train.crossfit_weight_decay, train.members)
     assert cfg.view(lambda: True) == View(None, True) and cfg.view(lambda: False) == View(None, False)  # flip=auto
 
 

@@ -44,7 +44,7 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
     truncated = sorted((data / "Images" / "Boston").glob("*.jpg"))[0]  # passes ingest's header check, fails to decode
     truncated.write_bytes(truncated.read_bytes()[:300])
     n_rows = sum(len(f.read_text().splitlines()) - 1 for f in (data / "Dataframes").glob("*.csv"))
-    cfg = replace(small_cfg(data, tmp_path / "root"), shard_size=32)
+    cfg = replace(small_cfg(data, tmp_path / "root"), shard_size=32, members=PipelineConfig().members)  # the shipped ensemble
     out = pipeline(cfg)
     cat = cfg.catalog()
     # one input line: read, kept, rejected by reason, where the rejects are; the report repeats it
@@ -121,6 +121,7 @@ def test_predict_real_photo(harness, tmp_path, shared_data, monkeypatch):
         n_unseen=1,
         image_width=64,
         image_height=48,
+        members=1,
         progress=False,
     )
     pipeline(cfg)

@@ -33,7 +33,7 @@ def _world(path, cities, seed=0):
 
 def _cfg(tmp_path, data, **kw) -> PipelineConfig:
     return PipelineConfig(
-        data_root=str(data), root=str(tmp_path / "root"), backbone="tiny_random", n_unseen=1, shard_size=32, progress=False, **kw
+        data_root=str(data), root=str(tmp_path / "root"), backbone="tiny_random", n_unseen=1, shard_size=32, members=1, progress=False, **kw
     )
 
 
@@ -89,8 +89,8 @@ def test_switching_data_roots_back_and_forth_never_serves_the_other_data(harness
 def test_only_restores_nothing_from_another_root_sharing_the_mlflow_store(harness, tmp_path, worlds, monkeypatch):
     d, d1 = worlds
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'shared-mlflow.db'}")
-    a = PipelineConfig(data_root=str(d), root=str(tmp_path / "a"), backbone="tiny_random", n_unseen=1, progress=False)
-    b = PipelineConfig(data_root=str(d1), root=str(tmp_path / "b"), backbone="tiny_random", n_unseen=1, progress=False)
+    a = PipelineConfig(data_root=str(d), root=str(tmp_path / "a"), backbone="tiny_random", n_unseen=1, members=1, progress=False)
+    b = PipelineConfig(data_root=str(d1), root=str(tmp_path / "b"), backbone="tiny_random", n_unseen=1, members=1, progress=False)
     pipeline(b)
     pipeline(a)  # the newest run logging every path is now root a's
     lost = b.catalog().path("predictions", protocol="seen")

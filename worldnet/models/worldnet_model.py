@@ -73,7 +73,7 @@ class TrainConfig:
     max_samples: int = 2_000_000
     #: mlp: train on the haversine-smoothed targets (else one-hot with label smoothing 0.05).
     mlp_soft_targets: bool = True
-    #: mlp: independently initialised members trained side by side, their probabilities averaged; as many as
+    #: mlp: independently initialised members, each trained apart, their probabilities averaged; as many as
     #: ``max_samples`` pays for at ``max_epochs`` (all of them on a few thousand photos, one from ~33k rows on).
     members: int = 5
     head_hidden: int = 128
@@ -259,7 +259,7 @@ def mlp_epochs(n: int, cfg: TrainConfig) -> int:
 def mlp_members(n: int, cfg: TrainConfig) -> int:
     """Ensemble members the sample budget pays for: ``cfg.members`` on small data, one from ~33k rows on.
 
-    Members train side by side on the same batches, so each costs a full pass
+    Each member is trained apart, from its own seed, so each costs full passes
     over the data; the budget (``max_samples`` rows in all) keeps the cost of
     training flat in the data size, ensemble or not.
     """
