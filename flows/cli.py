@@ -44,6 +44,13 @@ MembersOption = Annotated[
         "pays for (all on a few thousand photos, one from ~33k on). 1 is the paper's single MLP, about half the training time."
     ),
 ]
+FeaturePowerOption = Annotated[
+    float,
+    typer.Option(
+        help="Signed power on each feature before the classifier standardises it, sign(x)|x|^p: 0.5 damps the few channels "
+        "that fire on whatever fills the photo (see docs/method.md); 1 uses the features as extracted."
+    ),
+]
 FlipOption = Annotated[
     str,
     typer.Option(
@@ -158,11 +165,13 @@ def _user_error(exc: BaseException, debug: bool = False) -> typer.Exit:
     return _fail(text.splitlines()[0] if text else type(exc).__name__)
 
 
-def _check_classifier(classifier: str, members: int = 1) -> None:
+def _check_classifier(classifier: str, members: int = 1, feature_power: float = 1.0) -> None:
     if classifier not in ("mlp", "linear"):
         raise ValueError(f"--classifier {classifier!r} is unknown; choose mlp or linear")
     if members < 1:
         raise ValueError(f"--members {members}: the ensemble needs at least one MLP (1 is the paper's classifier)")
+    if not 0 < feature_power <= 1:
+        raise ValueError(f"--feature-power {feature_power}: choose a power in (0, 1]; 1 uses the features as extracted")
 
 
 def _preflight(root: str, backbone: str, weights: str | None, only: str | None, from_stage: str | None) -> None:
@@ -314,6 +323,7 @@ def run(
         str, typer.Option(help="Centroid classifier: mlp (the paper's, on haversine-smoothed targets) or linear (fastest at scale).")
     ] = "mlp",
     members: MembersOption = 5,
+    feature_power: FeaturePowerOption = 0.5,
     wait_lock: Annotated[
         float, typer.Option(help="Seconds to wait when another run holds the catalog root (default: refuse at once).")
     ] = 0.0,
@@ -335,7 +345,7 @@ def run(
         _preflight(root, backbone, weights, only, from_stage)
         _check_engine(engine, device)
         _check_view(input_height, flip)
-        _check_classifier(classifier, members)
+        _check_classifier(classifier, members, feature_power)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     if only is None and from_stage is None and not data_root.exists():
@@ -368,6 +378,7 @@ def run(
         image_height=height,
         classifier=classifier,
         members=members,
+        feature_power=feature_power,
         input_height=input_height,
         flip=flip,
     )
@@ -436,6 +447,7 @@ def cv(
     image_size: Annotated[str, typer.Option(help="Shard frame WxH, or auto (the photos' own aspect at 300 px high).")] = "auto",
     classifier: Annotated[str, typer.Option(help="Centroid classifier: mlp (default) or linear.")] = "mlp",
     members: MembersOption = 5,
+    feature_power: FeaturePowerOption = 0.5,
     engine: EngineOption = "auto",
     input_height: InputHeightOption = None,
     flip: FlipOption = "auto",
@@ -455,7 +467,7 @@ def cv(
         _check_engine(engine, "cpu")
         _check_view(input_height, flip)
         _preflight(str(root), backbone, weights, None, None)
-        _check_classifier(classifier, members)
+        _check_classifier(classifier, members, feature_power)
         resolve_head_mode(head_mode, "unseen")
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -497,7 +509,7 @@ def cv(
     X, labels = load_features(cat.path("feature_shards"))
     keys = country_of(labels["lat"].to_numpy(), labels["lon"].to_numpy()) if group == "country" else labels["city"].to_numpy()
     groups = np.array([str(g) for g in keys])
-    train_cfg = TrainConfig(seed=seed, classifier=classifier, members=members)
+    train_cfg = TrainConfig(seed=seed, classifier=classifier, members=members, feature_power=feature_power)
     if crossfit_weight_decay is not None:
         train_cfg.crossfit_weight_decay = crossfit_weight_decay
     res = cross_validate(

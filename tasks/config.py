@@ -58,8 +58,18 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "shard": ("shard_size", "image_width", "image_height", "strict"),
     "extract_features": ("backbone", "backbone_weights", "input_height", "flip", "flat_features", "device"),
     "cluster": ("cluster_strategy", "k", "seed", "protocols"),
-    "train_classifier": ("cluster_strategy", "classifier", "members", "seed", "protocols"),
-    "train_interpolation": ("cluster_strategy", "classifier", "members", "crossfit_weight_decay", "seed", "snap", "backbone", "protocols"),
+    "train_classifier": ("cluster_strategy", "classifier", "members", "feature_power", "seed", "protocols"),
+    "train_interpolation": (
+        "cluster_strategy",
+        "classifier",
+        "members",
+        "feature_power",
+        "crossfit_weight_decay",
+        "seed",
+        "snap",
+        "backbone",
+        "protocols",
+    ),
     "train_baselines": ("seed", "protocols"),
     "evaluate": ("head_mode", "snap", "seed", "protocols"),
     "report": ("head_mode", "protocols"),
@@ -104,6 +114,8 @@ class PipelineConfig:
     crossfit_weight_decay: float = 100.0  # TrainConfig.crossfit_weight_decay (likewise)
     #: MLPs in the classifier's ensemble, as many as the sample budget pays for (TrainConfig.members; 1: the paper's one MLP).
     members: int = 5
+    #: Signed power on the classifier's features before standardising (TrainConfig.feature_power; 1: as extracted).
+    feature_power: float = 0.5
     snap: bool = True
     seed: int = 0
     protocols: list[str] = field(default_factory=lambda: ["seen", "unseen"])

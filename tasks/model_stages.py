@@ -42,7 +42,9 @@ def _protocols(cfg: PipelineConfig) -> Iterator[tuple[str, ProtocolData]]:
 
 def _train_cfg(cfg: PipelineConfig) -> TrainConfig:
     return TrainConfig(
-        seed=cfg.seed, crossfit_weight_decay=cfg.crossfit_weight_decay, classifier=cfg.classifier, members=cfg.members
+        seed=cfg.seed, crossfit_weight_decay=cfg.crossfit_weight_decay, classifier=cfg.classifier,
+        members=cfg.members,
+        feature_power=cfg.feature_power,
     )
 
 
@@ -68,7 +70,16 @@ def train_classifier_task(cfg: PipelineConfig, parent_run_id: str | None = None)
     out = {}
     with stage_run(cfg, "train_classifier", parent_run_id):
         tc = _train_cfg(cfg)
-        mlflow.log_params({"hidden": tc.hidden, "lr": tc.lr, "max_epochs": tc.max_epochs, "patience": tc.patience, "members": tc.members})
+        mlflow.log_params(
+            {
+                "hidden": tc.hidden,
+                "lr": tc.lr,
+                "max_epochs": tc.max_epochs,
+                "patience": tc.patience,
+                "members": tc.members,
+                "feature_power": tc.feature_power,
+            }
+        )
         for proto, data in _protocols(cfg):
             fit = train_classifier_step(data, cat.load("centroids", protocol=proto), cfg.cluster_strategy, tc)
             save_classifier(fit, cat.path("classifier", protocol=proto))

@@ -60,6 +60,7 @@ def test_mistakes_in_options_are_answered_before_anything_starts(tmp_path):
         (["--input-height", "8"], "--input-height must be between 16 and 2048"),
         (["--flip", "sideways"], "--flip 'sideways' is unknown"),
         (["--members", "0"], "--members 0: the ensemble needs at least one MLP"),
+        (["--feature-power", "0"], "--feature-power 0.0: choose a power in (0, 1]"),
     ]
     if os.geteuid() != 0:  # root may write anywhere
         cases.append((["--root", str(read_only / "wn")], "is not writable"))
@@ -94,7 +95,8 @@ def test_pipeline_defaults_are_the_trainers_defaults():
     from worldnet.models.worldnet_model import TrainConfig
 
     cfg, train = PipelineConfig(), TrainConfig()
-    assert (cfg.classifier, cfg.crossfit_weight_decay, cfg.members) == (train.classifier, train.crossfit_weight_decay, train.members)
+    for knob in ("classifier", "crossfit_weight_decay", "members", "feature_power"):
+        assert getattr(cfg, knob) == getattr(train, knob), knob
     assert cfg.view(lambda: True) == View(None, True) and cfg.view(lambda: False) == View(None, False)  # flip=auto
 
 

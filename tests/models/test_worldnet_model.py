@@ -153,3 +153,34 @@ def test_the_sample_budget_pays_for_members_on_small_data_only():
         from worldnet.models.worldnet_model import CentroidClassifier
 
         CentroidClassifier(8, 3, members=2, kind="linear")
+
+
+def test_the_feature_power_damps_bursty_channels_and_travels_with_the_model(tmp_path):
+    from worldnet.models.predictor import load_worldnet, save_worldnet
+    from worldnet.models.worldnet_model import Standardiser, signed_power
+
+    X = np.array([[0.0, 4.0, -9.0], [1.0, 16.0, 0.25]], np.float32)
+    np.testing.assert_allclose(signed_power(X, 0.5), [[0.0, 2.0, -3.0], [1.0, 4.0, 0.5]])
+    assert signed_power(X, 1.0) is X
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+            signed_power(X, bad)
+    std = Standardiser.fit(X, 0.5)
+    root = np.sqrt(np.abs(X)) * np.sign(X)
+    np.testing.assert_allclose(std(X).numpy(), (root - root.mean(0)) / (root.std(0) + 1e-6), rtol=1e-5, atol=1e-6)
+
+    rng = np.random.default_rng(0)
+    cents = np.array([[40.0, -120.0], [45.0, -110.0]])
+    F = rng.gamma(0.5, 2.0, size=(60, 16)).astype(np.float32)  # non-negative and bursty, as pooled ReLU features are
+    y = np.arange(60) % 2
+    wn = fit_worldnet(F, y, cents[y], y.astype(str), F[:6], y[:6], cents, ["A", "B"], cfg=TrainConfig(head_epochs=2, members=1))
+    assert wn.standardiser.power == TrainConfig().feature_power == 0.5
+    back, _, _ = load_worldnet(save_worldnet(wn, tmp_path / "m.pt", backbone="tiny_random"))
+    assert back.standardiser.power == 0.5
+    np.testing.assert_allclose(back.predict(F)[0], wn.predict(F)[0], atol=1e-4)
+    # a model saved before the power existed holds no "power": it loads with the features as extracted
+    blob = torch.load(tmp_path / "m.pt", weights_only=True)
+    del blob["power"]
+    torch.save(blob, tmp_path / "legacy.pt")
+    legacy, _, _ = load_worldnet(tmp_path / "legacy.pt")
+    assert legacy.standardiser.power == 1.0

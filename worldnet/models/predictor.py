@@ -67,6 +67,7 @@ def save_worldnet(
         "mode": wn.mode,
         "mean": torch.from_numpy(wn.standardiser.mean),
         "std": torch.from_numpy(wn.standardiser.std),
+        "power": wn.standardiser.power,
         "centroids": torch.from_numpy(np.array(wn.centroids_latlon, dtype=np.float64)),
         "names": list(wn.centroid_names),
         "dims": [wn.classifier.dim, wn.classifier.hidden, _linear(wn.head.mlp, 0).out_features],
@@ -85,6 +86,7 @@ def save_classifier(fit: ClassifierFit, path: str | Path | UPath) -> UPath:
     blob = {
         "mean": torch.from_numpy(fit.standardiser.mean),
         "std": torch.from_numpy(fit.standardiser.std),
+        "power": fit.standardiser.power,
         "dims": [fit.classifier.dim, fit.classifier.hidden, fit.classifier.k],
         "members": fit.classifier.members,
         "classifier": fit.classifier.state_dict(),
@@ -128,7 +130,12 @@ def load_classifier(path: str | Path | UPath) -> ClassifierFit:
     clf = CentroidClassifier(dim, k, hidden, kind=str(blob.get("classifier_kind", "mlp")), members=int(blob.get("members", 1)))
     clf.load_state_dict(blob["classifier"])
     clf.eval()
-    return ClassifierFit(Standardiser(blob["mean"].numpy(), blob["std"].numpy()), clf, dict(blob["metrics"]))
+    return ClassifierFit(_standardiser(blob), clf, dict(blob["metrics"]))
+
+
+def _standardiser(blob: dict[str, Any]) -> Standardiser:
+    """The saved standardiser; models saved before the feature power existed used the features as extracted (power 1)."""
+    return Standardiser(blob["mean"].numpy(), blob["std"].numpy(), float(blob.get("power", 1.0)))
 
 
 def _torch_save_atomic(blob: dict[str, object], path: str | Path | UPath) -> None:
@@ -152,7 +159,7 @@ def load_worldnet(path: str | Path | UPath) -> tuple[WorldNet, str, bool]:
     head.load_state_dict(blob["head"])
     head.eval()
     metrics = dict(blob.get("metrics", {}))
-    wn = WorldNet(Standardiser(blob["mean"].numpy(), blob["std"].numpy()), clf, head, c, list(blob["names"]), blob["mode"], metrics)
+    wn = WorldNet(_standardiser(blob), clf, head, c, list(blob["names"]), blob["mode"], metrics)
     if blob.get("frame"):
         wn.frame = (int(blob["frame"][0]), int(blob["frame"][1]))
     wn.view = saved_view(str(blob["backbone"]), blob.get("view"))
