@@ -41,7 +41,7 @@ MembersOption = Annotated[
     int,
     typer.Option(
         help="MLPs in the classifier's ensemble, their probabilities averaged; as many as a budget of 2M training rows "
-        "pays for (all on a few thousand photos, one from ~33k on). 1 is the paper's single MLP, about half the training time."
+        "pays for (all on a few thousand photos, one from ~33k on). 1 is the paper's single MLP, the fastest to train."
     ),
 ]
 FeaturePowerOption = Annotated[

@@ -65,17 +65,9 @@ def land_outlines(tolerance_deg: float = 0.2) -> list[list[list[float]]]:
 
     Computed once per process, when the server starts (about a second), so the first page draws at once.
     """
-    from shapely import simplify
+    from worldnet.geo.naturalearth import land_rings
 
-    from worldnet.geo.naturalearth import load_countries
-
-    rings = []
-    for geom in simplify(list(load_countries().geometry), tolerance_deg):
-        for poly in getattr(geom, "geoms", [geom]):
-            coords = [[round(x, 2), round(y, 2)] for x, y in poly.exterior.coords]
-            if len(coords) >= 4:
-                rings.append(coords)
-    return rings
+    return [[[round(float(x), 2), round(float(y), 2)] for x, y in ring] for ring in land_rings(tolerance_deg)]
 
 
 def create_app(predictor: Predictor, model_label: str, limits: ServeLimits = ServeLimits()) -> FastAPI:

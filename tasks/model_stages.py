@@ -42,7 +42,9 @@ def _protocols(cfg: PipelineConfig) -> Iterator[tuple[str, ProtocolData]]:
 
 def _train_cfg(cfg: PipelineConfig) -> TrainConfig:
     return TrainConfig(
-        seed=cfg.seed, crossfit_weight_decay=cfg.crossfit_weight_decay, classifier=cfg.classifier,
+        seed=cfg.seed,
+        crossfit_weight_decay=cfg.crossfit_weight_decay,
+        classifier=cfg.classifier,
         members=cfg.members,
         feature_power=cfg.feature_power,
     )

@@ -91,26 +91,18 @@ def _save(fig: object, path: Path | UPath) -> UPath:
 
 @functools.cache
 def land_path() -> Path_:
-    """Every country's outline, simplified by 0.2°, as one compound (lon, lat) path for a map's background.
+    """Every country's outline (:func:`worldnet.geo.naturalearth.land_rings`) as one compound path: a map's land.
 
-    A 0.2° simplification is invisible at world scale. One path, built once and
-    added to each panel as a single patch, draws in milliseconds; GeoPandas'
-    ``plot`` built a patch per polygon and redrew the whole figure after each
-    panel, which made the report most of a small pipeline run. Lakes (the
-    polygons' holes) are left out at this scale.
+    One path, built once and added to each panel as a single patch, draws in
+    milliseconds; GeoPandas' ``plot`` built a patch per polygon and redrew the
+    whole figure after each panel, which made the report most of a small
+    pipeline run.
     """
-    import shapely
     from matplotlib.path import Path as MplPath
 
-    from worldnet.geo.naturalearth import load_countries
+    from worldnet.geo.naturalearth import land_rings
 
-    rings = [
-        np.asarray(poly.exterior.coords)[:, :2]
-        for geom in shapely.simplify(load_countries().geometry, 0.2)
-        for poly in getattr(geom, "geoms", [geom])
-        if not poly.is_empty
-    ]
-    return MplPath.make_compound_path(*(MplPath(r, closed=True) for r in rings))
+    return MplPath.make_compound_path(*(MplPath(r, closed=True) for r in land_rings()))
 
 
 def plot_map(result: ProtocolResult, path: Path | UPath, *, n: int = 150, seed: int = 0) -> UPath:

@@ -137,6 +137,7 @@ def test_the_page_and_its_offline_map(server):
 
 def test_the_registered_model_is_code_takes_base64_and_never_unpickles(model_file, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # a store MLflow creates itself puts artifacts under ./mlruns: here, not in the checkout
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # set_tracking_uri exports it too: monkeypatch puts it back after the test
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("serve-test")  # this store's own, not one an earlier test left active

@@ -88,6 +88,7 @@ def test_switching_data_roots_back_and_forth_never_serves_the_other_data(harness
 
 def test_only_restores_nothing_from_another_root_sharing_the_mlflow_store(harness, tmp_path, worlds, monkeypatch):
     d, d1 = worlds
+    monkeypatch.chdir(tmp_path)  # a store MLflow creates itself puts artifacts under ./mlruns: here, not in the checkout
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'shared-mlflow.db'}")
     a = PipelineConfig(data_root=str(d), root=str(tmp_path / "a"), backbone="tiny_random", n_unseen=1, members=1, progress=False)
     b = PipelineConfig(data_root=str(d1), root=str(tmp_path / "b"), backbone="tiny_random", n_unseen=1, members=1, progress=False)
