@@ -10,14 +10,14 @@ import numpy as np
 import polars as pl
 from upath import UPath
 
-if TYPE_CHECKING:
-    from matplotlib.path import Path as Path_
-
 from worldnet.evaluate import ProtocolResult
 from worldnet.geo.regions import CONTINENTS
 from worldnet.io import write_text_atomic, write_with_atomic
 from worldnet.protocol import PROTOCOL_TITLES
 from worldnet.storage import as_path
+
+if TYPE_CHECKING:
+    from matplotlib.path import Path as MplPath
 
 
 def paper_table(metrics: pl.DataFrame) -> str:
@@ -90,7 +90,7 @@ def _save(fig: object, path: Path | UPath) -> UPath:
 
 
 @functools.cache
-def land_path() -> Path_:
+def land_path() -> MplPath:
     """Every country's outline (:func:`worldnet.geo.naturalearth.land_rings`) as one compound path: a map's land.
 
     One path, built once and added to each panel as a single patch, draws in
