@@ -155,6 +155,41 @@ def test_the_sample_budget_pays_for_members_on_small_data_only():
         CentroidClassifier(8, 3, members=2, kind="linear")
 
 
+def test_crossfit_folds_train_as_long_as_the_full_classifier_did(monkeypatch):
+    """Fold classifiers have no validation split: they take the epochs the full classifier's members chose, within a third."""
+    import worldnet.models.worldnet_model as wm
+
+    cfg = TrainConfig()
+    assert wm.fold_budget(cfg).max_epochs == cfg.max_epochs // 3 == 20  # nothing known: a third, as before
+    assert wm.fold_budget(cfg, 11).max_epochs == 11
+    assert wm.fold_budget(cfg, 45).max_epochs == 20  # never more than a third
+    assert wm.fold_budget(cfg, 0).max_epochs == 1
+    assert wm.fold_budget(cfg, 11).max_samples == cfg.max_samples // 3
+
+    rng = np.random.default_rng(0)
+    cents = np.array([[40.0, -120.0], [45.0, -110.0], [35.0, -115.0]])
+    y = np.arange(150) % 3
+    X = (rng.normal(size=(150, 8)) + 1.5 * np.eye(3, 8)[y]).astype(np.float32)
+    groups = np.arange(150) // 3 % 25  # 25 places
+    cfg = TrainConfig(members=1, head_epochs=2, patience=3)
+    targets = wm.classifier_targets(cents[y], cents, y, cfg)
+    fit = wm.fit_classifier(X[:120], y[:120], X[120:], y[120:], 3, cfg, targets[:120])
+    epochs = wm.trained_epochs(fit)
+    assert epochs == round(fit.metrics["best_epoch"]) + 1 and 1 <= epochs < 20  # below the third, so the check below can fail
+    seen: list[int] = []
+    real_train = wm.train_classifier
+
+    def recording(X, y, X_val, y_val, k, c, targets=None):
+        seen.append(c.max_epochs)
+        return real_train(X, y, X_val, y_val, k, c, targets)
+
+    monkeypatch.setattr(wm, "train_classifier", recording)
+    wm.fit_interpolation(fit, X[:120], y[:120], cents[y[:120]], groups[:120], cents, ["a", "b", "c"], "crossfit", cfg)
+    assert seen == [min(epochs, 20)] * cfg.crossfit_folds
+    linear = wm.fit_classifier(X[:120], y[:120], X[120:], y[120:], 3, TrainConfig(classifier="linear"), targets[:120])
+    assert wm.trained_epochs(linear) is None  # no epochs to match
+
+
 def test_the_feature_power_damps_bursty_channels_and_travels_with_the_model(tmp_path):
     from worldnet.models.predictor import load_worldnet, save_worldnet
     from worldnet.models.worldnet_model import Standardiser, signed_power
@@ -168,6 +203,10 @@ def test_the_feature_power_damps_bursty_channels_and_travels_with_the_model(tmp_
     std = Standardiser.fit(X, 0.5)
     root = np.sqrt(np.abs(X)) * np.sign(X)
     np.testing.assert_allclose(std(X).numpy(), (root - root.mean(0)) / (root.std(0) + 1e-6), rtol=1e-5, atol=1e-6)
+    again, Xt = Standardiser.fit_transform(X, 0.5)
+    np.testing.assert_array_equal(again.mean, std.mean)
+    np.testing.assert_array_equal(again.std, std.std)
+    np.testing.assert_allclose(Xt.numpy(), std(X).numpy(), rtol=1e-6)
 
     rng = np.random.default_rng(0)
     cents = np.array([[40.0, -120.0], [45.0, -110.0]])

@@ -101,13 +101,12 @@ def fit_direct_regression(
     from worldnet.models.linear import torch_threads, training_threads
 
     rng = np.random.default_rng(seed)
-    std = Standardiser.fit(X)
+    std, Xt = Standardiser.fit_transform(X)
     lo, hi = coordinate_box(latlon)
     target = torch.tensor((latlon - lo) / (hi - lo), dtype=torch.float32)
     n_val = int(len(X) * val_fraction) if len(X) >= 20 else 0
     order = rng.permutation(len(X))
     val, tr = order[:n_val], order[n_val:]
-    Xt = std(X)
     with torch_threads(training_threads(len(X))):
         torch.manual_seed(seed)
         model = DirectRegression(X.shape[1], lo, hi)
