@@ -42,6 +42,30 @@ def test_cross_validation_predicts_every_image_once_per_model():
     assert res.predictions["fold"].n_unique() == 4
 
 
+def test_cross_validation_early_stops_on_places_of_the_training_cities(monkeypatch):
+    """Validation rows are places of cities the classifier trains on: a held-out city has no class to score."""
+    import worldnet.evaluate as ev
+
+    X, labels = _world()
+    labels = labels.with_columns(place_id=pl.Series(np.arange(labels.height) // 2))  # two headings a place
+    roles: list[pl.DataFrame] = []
+    real = ev.run_protocol
+
+    def recording(X, lab, protocol, **kw):
+        roles.append(lab.select("city", "place_id", "unseen"))
+        return real(X, lab, protocol, **kw)
+
+    monkeypatch.setattr(ev, "run_protocol", recording)
+    cross_validate(X, labels, labels["city"].to_numpy(), n_folds=4, k=4, cluster_strategy="city", seed=0)
+    assert len(roles) == 4
+    for r in roles:
+        train, val, test = (r.filter(pl.col("unseen") == s) for s in ("train", "val", "test"))
+        assert val.height > 0 and set(val["city"]) <= set(train["city"])
+        assert not set(test["city"]) & (set(train["city"]) | set(val["city"]))
+        assert r.group_by("place_id").agg(pl.col("unseen").n_unique())["unseen"].max() == 1  # a place is never split
+        assert 0.05 < val.height / (train.height + val.height) < 0.2
+
+
 def test_seen_protocol_worldnet_beats_the_mean_model_on_informative_features():
     X, labels = _world(30)
     rng = np.random.default_rng(1)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from worldnet.data.split import place_keys
 from worldnet.geo.land import snap_to_land
 from worldnet.geo.regions import continent_of
 from worldnet.geo.sphere import haversine_km
@@ -187,17 +188,24 @@ def cross_validate(
     Each fold's test rows share no group with its training rows (folds grouped
     by country = "images of unseen countries"). For small real samples, e.g.
     OSV-5M's 121 photos, where one split would say little.
+
+    Validation (``val_fraction``, which early-stops the classifier) is whole
+    places of the training folds, as in the main protocol's unseen split. Whole
+    groups would not do: with one centroid per city, a held-out city has no
+    class to score, so its photos were neither trained on nor able to stop
+    training (the classifier then ran all its epochs).
     """
     if n_folds < 2:
         raise ValueError(f"n_folds must be at least 2, got {n_folds}")
     folds = grouped_folds(groups, n_folds, seed)
+    places = place_keys(labels)
     parts: list[pl.DataFrame] = []
     last: ProtocolResult | None = None
     for f in range(n_folds):
         t0 = time.perf_counter()
-        # like the main protocol: early-stop on held-out groups (10%) of the training folds
-        val_groups = _pick_groups(groups[folds != f], val_fraction, seed + f)
-        role = np.where(folds == f, "test", np.where(np.isin(groups, val_groups), "val", "train"))
+        # like the main protocol's unseen split: early-stop on held-out places (10%) of the training folds' cities
+        val_places = _pick_groups(places[folds != f], val_fraction, seed + f)
+        role = np.where(folds == f, "test", np.where(np.isin(places, val_places), "val", "train"))
         lab = labels.with_columns(unseen=pl.Series(role))
         k_f = min(k, int((folds != f).sum())) if cluster_strategy == "kmeans" else k
         last = run_protocol(

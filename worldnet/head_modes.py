@@ -17,9 +17,11 @@ def resolve_head_mode(mode: str, protocol: str) -> str:
     """The trained head reported as ``worldNET`` on ``protocol``.
 
     ``auto``: ``crossfit`` on the seen protocol (its folds hold out places,
-    as the test does) and ``in_sample`` on unseen cities. Measured on both the
-    synthetic world and real US-West Street View (docs/method.md), each is
-    the better head on its protocol.
+    as the test does) and ``in_sample`` on unseen cities, the better head on
+    each protocol of the synthetic world that ``worldnet demo`` runs. On real
+    photos crossfit was the better head on unseen cells and countries too
+    (docs/method.md, "Head modes"), which is why ``worldnet cv`` defaults to
+    it; every report prints both heads.
 
     Raises:
         ValueError: For an unknown mode.

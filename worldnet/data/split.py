@@ -19,7 +19,18 @@ SPLITS = ("train", "val", "test")
 
 
 def _place_key(df: pl.DataFrame) -> pl.Expr:
+    if "place_id" not in df.columns:
+        return pl.col("city") + "/" + pl.col("image_id")
     return pl.col("city") + "/" + pl.coalesce(pl.col("place_id").cast(pl.String), pl.col("image_id"))
+
+
+def place_keys(frame: pl.DataFrame) -> np.ndarray:
+    """One key per row naming its place (city and place id; the image itself where no place id is given).
+
+    The headings of one location share a key, so a split by key never puts
+    one view of a place in training and another in validation or test.
+    """
+    return frame.select(_place_key(frame)).to_series().to_numpy()
 
 
 def _assign_by_group(keys: pl.Series, fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
