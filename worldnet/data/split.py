@@ -19,9 +19,9 @@ SPLITS = ("train", "val", "test")
 
 
 def _place_key(df: pl.DataFrame) -> pl.Expr:
-    if "place_id" not in df.columns:
-        return pl.col("city") + "/" + pl.col("image_id")
-    return pl.col("city") + "/" + pl.coalesce(pl.col("place_id").cast(pl.String), pl.col("image_id"))
+    image = pl.col("image_id")
+    place = pl.coalesce(pl.col("place_id").cast(pl.String), image) if "place_id" in df.columns else image
+    return pl.col("city") + "/" + place
 
 
 def place_keys(frame: pl.DataFrame) -> np.ndarray:
