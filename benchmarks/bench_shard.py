@@ -35,7 +35,7 @@ def naive_loop(paths: list[str], out: Path, spec: ShardSpec) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=1024, help="about how many images (default 1024; the issue asks ≥500)")
+    ap.add_argument("--images", type=int, default=1024, help="about how many images (default 1024; at least 500)")
     ap.add_argument("--size", default="640x480", help="source image size WxH (default 640x480, as GSV-Cities)")
     ap.add_argument("--repeats", type=int, default=2, help="take the best of this many timings (default 2)")
     args = ap.parse_args()

@@ -21,7 +21,8 @@ from flows.guard import start_guard
 apply_local_defaults()
 
 CROSSFIT_DECAY_HELP = (
-    "Weight decay on the crossfit head's MLP weights; its training rows are few cities (default: TrainConfig's, 100; see README)."
+    "Weight decay on the crossfit head's MLP weights; its training rows are few cities "
+    "(default: TrainConfig's, 100; see docs/method.md, section Head modes)."
 )
 
 #: ``--engine`` on every command that runs the backbone.
@@ -58,6 +59,20 @@ FlipOption = Annotated[
         "of the road, so the mirror erases no clue; better on real Street View), on or off. Twice the backbone work.",
     ),
 ]
+
+DATA_ROOT_HELP = (
+    "Input dataset: a GSV-Cities folder (Dataframes/ + Images/), a CSV with path,lat,lon[,city,place_id,heading,year,month] "
+    "or a folder holding one, a .parquet of GSV-Cities metadata, or a folder of {City}_{lat}_{lon}.jpg. Repeat to train "
+    "on several datasets together, each read with its own layout."
+)
+ClusterOption = Annotated[
+    str,
+    typer.Option(
+        help="Centroids the classifier predicts over: auto (city when each group is compact as a city is, else kmeans), "
+        "city (one per group: the paper's) or kmeans (spherical k-means on the training coordinates)."
+    ),
+]
+KOption = Annotated[int, typer.Option(help="Clusters for kmeans; 0 chooses k from the number of training places (about 1.5 per √places).")]
 
 #: The input height ``demo`` uses on the synthetic world (``run`` and ``cv`` default to the backbone's 300, for real photos).
 SYNTHETIC_INPUT_HEIGHT = 224
@@ -96,7 +111,7 @@ def synth(
 
 
 def _config(
-    data_root: Path,
+    data_root: Path | list[Path],
     root: Path | str,
     backbone: str,
     weights: str | None,
@@ -111,8 +126,9 @@ def _config(
 ):
     from tasks.config import PipelineConfig
 
+    roots = [str(p) for p in data_root] if isinstance(data_root, list) else [str(data_root)]
     return PipelineConfig(
-        data_root=str(data_root),
+        data_root=roots[0] if len(roots) == 1 else roots,
         root=str(root),
         backbone=backbone,
         backbone_weights=weights,
@@ -209,6 +225,32 @@ def _preflight(root: str, backbone: str, weights: str | None, only: str | None, 
             raise ValueError(f"--root {root} is not writable ({existing} is read-only for this user); choose a folder you can write")
 
 
+def _check_clusters(cluster: str, k: int) -> None:
+    from worldnet.clustering import STRATEGIES
+
+    if cluster not in STRATEGIES:
+        raise ValueError(f"--cluster {cluster!r} is unknown; choose one of {', '.join(STRATEGIES)}")
+    if not 0 <= k <= 100_000:
+        raise ValueError(f"--k {k}: give a number of clusters from 1 to 100000, or 0 to choose it from the data")
+
+
+def _check_data_roots(roots: list[Path], dataset_kind: str) -> None:
+    """Every ``--data-root`` exists and, read by its layout, names something worldnet reads."""
+    from worldnet.data.ingest import dataset_name, detect_kind
+
+    for r in roots:
+        if not r.exists():
+            raise ValueError(f"--data-root {r} does not exist: point it at a GSV-Cities folder (Dataframes/ + Images/) or a CSV")
+        if dataset_kind == "auto":
+            try:
+                detect_kind(r)
+            except FileNotFoundError as exc:
+                raise ValueError(f"--data-root {exc}") from None
+    names = [dataset_name(r) for r in roots]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--data-root given twice for datasets named {sorted({n for n in names if names.count(n) > 1})}: name each once")
+
+
 def _check_view(input_height: int | None, flip: str) -> None:
     from worldnet.features.names import View, resolve_flip
 
@@ -232,7 +274,25 @@ def _parse_size(size: str) -> tuple[int, int]:
         raise typer.BadParameter(f"--image-size must be auto or look like 600x300, got {size!r}") from None
     if w < 16 or h < 16:
         raise typer.BadParameter(f"--image-size must be at least 16x16, got {size!r}")
+    if w > MAX_FRAME_SIDE or h > MAX_FRAME_SIDE:
+        raise typer.BadParameter(f"--image-size {size!r}: each side must be at most {MAX_FRAME_SIDE} px (the backbone sees 300 px high)")
     return w, h
+
+
+#: The largest shard frame side ``--image-size`` accepts: a frame is decoded for every photo, so 100000x100000 would be 10^10 pixels.
+MAX_FRAME_SIDE = 4096
+
+
+def _check_numbers(seed: int, crossfit_weight_decay: float | None = None, folds: int | None = None) -> None:
+    """Options that are plain numbers, checked by name before any work starts."""
+    import math
+
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"--seed {seed}: choose a seed from 0 to 4294967295")
+    if crossfit_weight_decay is not None and not (math.isfinite(crossfit_weight_decay) and crossfit_weight_decay >= 0):
+        raise ValueError(f"--crossfit-weight-decay {crossfit_weight_decay}: choose a finite number >= 0 (default 100)")
+    if folds is not None and not 2 <= folds <= 100:
+        raise ValueError(f"--folds {folds}: choose from 2 to 100 folds")
 
 
 def _print_results(result: dict, root: Path) -> None:
@@ -265,7 +325,7 @@ def _print_results(result: dict, root: Path) -> None:
 
 @app.command()
 def run(
-    data_root: Annotated[Path, typer.Option(help="Input dataset (GSV-Cities layout by default).")] = Path(".worldnet/data/synthetic"),
+    data_root: Annotated[list[Path] | None, typer.Option(help=DATA_ROOT_HELP)] = None,
     root: Annotated[
         str,
         typer.Option(
@@ -288,8 +348,8 @@ def run(
         ),
     ] = "auto",
     crossfit_weight_decay: Annotated[float | None, typer.Option(help=CROSSFIT_DECAY_HELP)] = None,
-    cluster: Annotated[str, typer.Option(help="Clustering: city (paper) or kmeans.")] = "city",
-    k: Annotated[int, typer.Option(help="Clusters for kmeans.")] = 23,
+    cluster: ClusterOption = "auto",
+    k: KOption = 0,
     unseen: Annotated[list[str] | None, typer.Option(help="Cities held out for the unseen protocol (repeat); default 5 by seed.")] = None,
     strict: Annotated[bool, typer.Option(help="Fail if any input row is rejected (same report).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
@@ -348,8 +408,14 @@ def run(
         _check_classifier(classifier, members, feature_power)
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    if only is None and from_stage is None and not data_root.exists():
-        raise _fail(f"--data-root {data_root} does not exist: point it at a GSV-Cities folder (Dataframes/ + Images/) or a CSV")
+    data_roots = data_root or [Path(".worldnet/data/synthetic")]
+    try:
+        _check_clusters(cluster, k)
+        _check_numbers(seed, crossfit_weight_decay)
+        if only is None and from_stage is None:
+            _check_data_roots(data_roots, dataset_kind)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
     from flows.pipeline import run_pipeline
     from flows.runners import make_task_runner
@@ -359,7 +425,7 @@ def run(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     cfg = _config(
-        data_root,
+        data_roots,
         root,
         backbone,
         weights,
@@ -424,7 +490,7 @@ def demo(
 
 @app.command()
 def cv(
-    data_root: Annotated[Path, typer.Option(help="Dataset to cross-validate (e.g. ../shared/data/osv5m_sample/metadata.csv).")],
+    data_root: Annotated[list[Path], typer.Option(help=DATA_ROOT_HELP)],
     dataset_kind: Annotated[
         str, typer.Option(help="auto (a folder with Dataframes/ is gsv_cities, a .csv is csv) | gsv_cities | flat | csv")
     ] = "auto",
@@ -433,8 +499,8 @@ def cv(
     group: Annotated[str, typer.Option(help="Keep each country or city in one fold: country | city.")] = "country",
     backbone: Annotated[str, typer.Option(help="Feature backbone.")] = "efficientnet_lite0",
     weights: Annotated[str | None, typer.Option(help="Weights file for backbones you supply (vgg19).")] = None,
-    cluster: Annotated[str, typer.Option(help="Clustering: kmeans (default here: few images per city) or city.")] = "kmeans",
-    k: Annotated[int, typer.Option(help="Clusters for kmeans.")] = 8,
+    cluster: ClusterOption = "auto",
+    k: KOption = 0,
     head_mode: Annotated[
         str,
         typer.Option(
@@ -472,13 +538,17 @@ def cv(
     except ValueError as exc:
         raise _fail(str(exc)) from None
     width, height = _parse_size(image_size)
-    if not data_root.exists():
-        raise _fail(f"--data-root {data_root} does not exist: point it at a GSV-Cities folder (Dataframes/ + Images/) or a CSV")
+    try:
+        _check_clusters(cluster, k)
+        _check_numbers(seed, crossfit_weight_decay, folds)
+        _check_data_roots(data_root, dataset_kind)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     import numpy as np
     import polars as pl
 
     from worldnet.catalog import Catalog
-    from worldnet.data.ingest import ingest, input_summary, require_rows
+    from worldnet.data.ingest import ingest_many, input_summary, require_rows
     from worldnet.data.shards import ShardSpec, infer_frame, write_shards
     from worldnet.evaluate import cross_validate
     from worldnet.features.engine import build_engine
@@ -489,17 +559,19 @@ def cv(
     from worldnet.report import markdown_table, paper_table
 
     try:
-        cat = Catalog.from_yaml(root, data_root=str(data_root), backbone=backbone)
-        manifest, rejects = ingest(dataset_kind, data_root)
+        cat = Catalog.from_yaml(root, data_root=str(data_root[0]), backbone=backbone)
+        manifest, rejects, _ = ingest_many(dataset_kind, [str(r) for r in data_root])
         rejects_path = str(cat.save("rejects", rejects))
-        require_rows(manifest, rejects, str(data_root), rejects_path)
+        require_rows(manifest, rejects, ", ".join(str(r) for r in data_root), rejects_path)
         table = manifest.with_columns(seen=pl.lit("train"), unseen=pl.lit("train"))
         if width == 0:
             width, height = infer_frame(table["path"].to_list(), height)
         shards = write_shards(table, cat.path("image_shards"), ShardSpec(shard_size=64, width=width, height=height))
         shard_rejects_path = str(cat.save("shard_rejects", shards.rejects))
         typer.echo(
-            input_summary(manifest.height - shards.rejects.height, (rejects, rejects_path), (shards.rejects, shard_rejects_path)).line()
+            input_summary(
+                manifest.height - shards.rejects.height, (rejects, rejects_path), (shards.rejects, shard_rejects_path), manifest=manifest
+            ).line()
         )
         view = View(input_height, resolve_flip(flip, lambda: one_driving_side(table["lat"].to_numpy(), table["lon"].to_numpy())))
         model = build_engine(backbone, weights, (width, height), view=view, engine=engine, graphs_dir=cat.path("onnx_graphs"))
@@ -539,10 +611,20 @@ def predict(
     top_k: Annotated[int, typer.Option(help="How many clusters to list.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
     engine: EngineOption = "auto",
+    place: Annotated[
+        bool,
+        typer.Option(
+            "--place",
+            help="The photos are views of one place: one answer from their combined distributions over the clusters "
+            "(a normalised geometric mean), not one per photo. An unreadable photo is reported and left out.",
+        ),
+    ] = False,
 ) -> None:
-    """Predict lat, lon, country and continent for photos, with the top clusters."""
+    """Predict lat, lon, country and continent for photos, with the top clusters; with --place, once for all of them."""
     from worldnet.models.predictor import ImageInputError, Predictor
 
+    if top_k < 1:
+        raise _fail(f"--top-k {top_k}: list at least one cluster")
     try:
         if model.startswith("models:/"):
             from tasks.tracking import registry_model_file
@@ -556,6 +638,23 @@ def predict(
         predictor = Predictor.load(model_path, engine=engine, graphs_dir=Catalog.from_yaml(root).path("onnx_graphs"))
     except _user_errors() as exc:
         raise _user_error(exc) from None
+    if place:
+        answer = predictor.predict_place([str(img) for img in images], top_k=top_k)
+        for v in answer.views:
+            if v.status != "ok":
+                typer.echo(f"error: {v.error if v.status == 'unreadable' else f'{v.name}: {v.error}'}", err=True)
+        if answer.prediction is None:
+            typer.echo(f"error: {answer.error}", err=True)
+        elif as_json:
+            typer.echo(json.dumps(answer.as_dict()))
+        else:
+            p, used = answer.prediction, answer.used
+            tops = ", ".join(f"{n} {q:.2f}" for n, q in p.top_clusters)
+            typer.echo(
+                f"place ({len(used)} of {len(answer.views)} photos: {', '.join(used)}): "
+                f"{p.lat:.4f}, {p.lon:.4f}  {p.country} {p.continent}  top: {tops}"
+            )
+        raise typer.Exit(0 if len(answer.used) == len(answer.views) else 1)
     status = 0
     for img in images:
         try:
@@ -620,23 +719,44 @@ def predict_batch_cmd(
     ],
     model: Annotated[str, typer.Option(help="A registry URI or a worldnet .pt file (path or fsspec URL).")] = "models:/worldnet@champion",
     root: Annotated[str, typer.Option(help="Catalog root (folder or fsspec URL the workers share); holds the MLflow store.")] = ".worldnet",
-    name: Annotated[str | None, typer.Option(help="Batch name: outputs go to {root}/06_predict/{name} (default: folder name).")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Batch name: outputs go to {root}/06_predict/{name}, rebuilt for the photos given "
+            "(default: the folder's name and a hash of its path)."
+        ),
+    ] = None,
     shard_size: Annotated[int, typer.Option(help="Photos per shard, i.e. per task.")] = 256,
     task_runner: Annotated[str, typer.Option(help="threads (this process) or dask.")] = "threads",
     dask_address: Annotated[str | None, typer.Option(help="With --task-runner dask: an existing scheduler.")] = None,
     dask_workers: Annotated[int | None, typer.Option(help="With --task-runner dask and no address: LocalCluster workers.")] = None,
     engine: EngineOption = "auto",
+    by_folder: Annotated[
+        bool,
+        typer.Option(
+            "--by-folder",
+            help="Each immediate sub-folder of PHOTOS is one place, answered once from its photos (places.parquet); "
+            "photos directly in PHOTOS keep one answer each.",
+        ),
+    ] = False,
+    places: Annotated[
+        Path | None,
+        typer.Option(help="A CSV with columns path,place (paths relative to PHOTOS): each place answered once (places.parquet)."),
+    ] = None,
 ) -> None:
     """Geolocate a whole folder of photos, one task per shard (on Dask if asked); writes a Parquet table.
 
-    Photos that fail to decode are listed with the reason, and the rest are predicted.
+    Photos that fail to decode are listed with the reason, and the rest are predicted. With --by-folder or --places,
+    several photos of one place also get one answer, from their combined distributions over the clusters.
     """
     import re
 
-    from flows.predict import predict_batch
+    from flows.predict import default_batch_name, place_assignment, predict_batch
     from flows.runners import make_task_runner
 
-    batch = name or photos.resolve().name
+    if shard_size < 1:
+        raise _fail(f"--shard-size {shard_size}: a shard holds at least one photo")
+    batch = name or default_batch_name(photos)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", batch) or ".." in batch:
         raise _fail(f"--name {batch!r} must be a plain name (letters, digits, '.', '_', '-'): outputs go to {{root}}/06_predict/NAME")
 
@@ -652,16 +772,21 @@ def predict_batch_cmd(
         _check_engine(engine, "cpu")
         if not model.startswith("models:/") and is_local(model):
             load_worldnet(model)
-        photo_table(photos)
+        place_assignment(str(photos), photo_table(photos)[0], by_folder, str(places) if places else None)
     except _user_errors() as exc:
         raise _user_error(exc) from None
     _quiet_prefect_user_errors()
     start_guard()
     try:
-        out = predict_batch.with_options(task_runner=runner)(str(photos), batch, model, root, shard_size, engine=engine)
+        out = predict_batch.with_options(task_runner=runner)(
+            str(photos), batch, model, root, shard_size, engine=engine, by_folder=by_folder, places=str(places) if places else None
+        )
     except _user_errors() as exc:
         raise _user_error(exc) from None
     typer.echo(f"predicted {out['predicted']} of {out['photos']} photos -> {out['predictions']}")
+    if "places_file" in out:
+        empty = f", {out['places_without_views']} with no readable photo" if out["places_without_views"] else ""
+        typer.echo(f"answered {out['places']} places{empty}; {out['unplaced']} photos in no place -> {out['places_file']}")
     if out["rejects"]:
         counts = ", ".join(f"{n} {r}" for r, n in out["reject_counts"].items())
         typer.echo(f"{out['rejects']} files not predicted ({counts}); see {out['rejects_file']}")

@@ -2,8 +2,10 @@
 
 The pipeline is one MLflow parent run; each stage is a nested run. Stages pass
 nothing in memory: each reads its inputs from the data catalog, so any stage
-can be rerun alone (``only``) or the chain resumed (``from_stage``); unchanged
-inputs are served from Prefect's cache.
+can be rerun alone (``only``) or the chain resumed (``from_stage``). Prefect's
+cache is off: a stage whose record under the catalog root still matches its
+inputs, parameters, code and outputs is skipped (:mod:`tasks.records`,
+:mod:`tasks.lineage`).
 """
 
 from __future__ import annotations

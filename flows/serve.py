@@ -1,6 +1,7 @@
 """``worldnet serve``: a model behind a small HTTP API and a page a person can use (FastAPI on uvicorn).
 
-    POST /predict   multipart photos in the field ``file`` (repeat it) → JSON, one answer per photo
+    POST /predict   multipart photos in the field ``file`` (repeat it) → JSON, one answer per photo;
+                    with ``place=1`` (query or form field) also one answer for them all, as views of one place
     GET  /          a page: drop or pick a photo, see it on a world map drawn offline
     GET  /health    the model version that answers, and its engine
     GET  /land.json the land outlines the page draws (Natural Earth, shipped with the project)
@@ -27,12 +28,23 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from worldnet.models.predictor import MAX_PHOTO_BYTES, PhotoAnswer, Predictor
+from worldnet.models.predictor import MAX_PHOTO_BYTES, PhotoAnswer, PlaceAnswer, Predictor
 
 PAGE = Path(__file__).with_name("web") / "index.html"
 
 #: HTTP status of a request whose every photo failed, by the first photo's status.
-STATUS_CODES = {"empty": 400, "too_large": 413, "too_many_pixels": 413, "not_an_image": 415, "corrupt_image": 422}
+STATUS_CODES = {
+    "empty": 400,
+    "too_large": 413,
+    "too_many_pixels": 413,
+    "not_an_image": 415,
+    "corrupt_image": 422,
+    "image_too_small": 422,
+    "nonfinite_pixels": 422,
+}
+
+#: Values of the ``place`` query parameter or form field, as the client may spell them (a checkbox sends ``on``).
+PLACE_VALUES = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False, "": False}
 
 
 @dataclass(frozen=True)
@@ -107,16 +119,22 @@ def create_app(predictor: Predictor, model_label: str, limits: ServeLimits = Ser
         return JSONResponse(rings, headers={"Cache-Control": "max-age=86400"})
 
     @app.post("/predict")
-    async def predict(request: Request, top_k: int | None = None) -> JSONResponse:
-        photos, names = await _read_photos(request, limits)
+    async def predict(request: Request, top_k: int | None = None, place: str | None = None) -> JSONResponse:
+        photos, names, place_field = await _read_photos(request, limits)
         k = max(1, min(top_k or limits.top_k, 10))
+        as_place = _place_flag(place, "query parameter") or _place_flag(place_field, "form field")
 
-        def run() -> list[PhotoAnswer]:
+        def run() -> list[PhotoAnswer] | PlaceAnswer:
             with model_lock:
+                if as_place:
+                    return predictor.answer_place(photos, names, top_k=k, max_bytes=limits.max_photo_bytes)
                 return predictor.answer(photos, names, top_k=k, max_bytes=limits.max_photo_bytes)
 
-        answers = await run_in_threadpool(run)
+        out = await run_in_threadpool(run)
+        answers = out.views if isinstance(out, PlaceAnswer) else out
         body: dict[str, Any] = {"model": model_label, "engine": predictor.engine, "predictions": [a.as_dict() for a in answers]}
+        if isinstance(out, PlaceAnswer):
+            body["place"] = out.as_dict(views=False)
         code = status_for(answers)
         if code != 200:
             body["error"] = f"{answers[0].name}: {answers[0].error}"
@@ -125,8 +143,18 @@ def create_app(predictor: Predictor, model_label: str, limits: ServeLimits = Ser
     return app
 
 
-async def _read_photos(request: Request, limits: ServeLimits) -> tuple[list[bytes], list[str]]:
-    """The uploaded photos and their names, or a :class:`ClientError` that says what is wrong with the request."""
+def _place_flag(value: str | None, where: str) -> bool:
+    """Whether the ``place`` value asks for one answer for all photos; a :class:`ClientError` if it is no yes or no."""
+    if value is None:
+        return False
+    flag = PLACE_VALUES.get(value.strip().lower())
+    if flag is None:
+        raise ClientError(400, f"the place {where} is 1 (the photos are one place) or 0, not {value[:20]!r}")
+    return flag
+
+
+async def _read_photos(request: Request, limits: ServeLimits) -> tuple[list[bytes], list[str], str | None]:
+    """The uploaded photos, their names and the ``place`` form field, or a :class:`ClientError` that says what is wrong."""
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
         raise ClientError(415, "send photos as multipart/form-data in the field 'file' (curl -F file=@photo.jpg URL/predict)")
@@ -149,13 +177,16 @@ async def _read_photos(request: Request, limits: ServeLimits) -> tuple[list[byte
         raise ClientError(400, "no photo: send it in the multipart field 'file'")
     if len(files) > limits.max_photos:
         raise ClientError(413, f"{len(files)} photos in one request; at most {limits.max_photos} photos per request")
+    place = form.get("place")
+    if place is not None and not isinstance(place, str):
+        raise ClientError(400, "the place field is a form value (1 or 0), not a file")
     photos, names = [], []
     for i, f in enumerate(files):
         data = await f.read(limits.max_photo_bytes + 1)
         photos.append(data)
         names.append(Path(f.filename or f"photo-{i + 1}").name[:200])
     await form.close()
-    return photos, names
+    return photos, names, place
 
 
 def serve(predictor: Predictor, model_label: str, *, host: str, port: int, limits: ServeLimits) -> None:  # pragma: no cover - blocks

@@ -35,7 +35,7 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ingest": (("raw_images",), ("manifest_raw", "rejects")),
     "debias": (("manifest_raw",), ("manifest_debiased",)),
     "split": (("manifest_debiased",), ("splits",)),
-    "shard": (("manifest_debiased", "splits"), ("image_shards", "shard_rejects")),
+    "shard": (("manifest_debiased", "splits", "raw_images"), ("image_shards", "shard_rejects")),  # a photo's new bytes re-frame it
     "extract_features": (("image_shards", "manifest_debiased"), ("feature_shards",)),  # the manifest settles flip=auto
     "cluster": (("feature_shards",), ("centroids",)),
     "train_classifier": (("feature_shards", "centroids"), ("classifier",)),
@@ -80,7 +80,8 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
 class PipelineConfig:
     """Every knob of a pipeline run (all JSON-serialisable, logged to MLflow as params)."""
 
-    data_root: str = ".worldnet/data/synthetic"
+    #: The input dataset, or several read together (each with its own layout; see :func:`worldnet.data.ingest.ingest_many`).
+    data_root: str | list[str] = ".worldnet/data/synthetic"
     root: str = ".worldnet"
     dataset_kind: str = "gsv_cities"
     strict: bool = False
@@ -106,8 +107,10 @@ class PipelineConfig:
     device: str = "auto"
     #: Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch; features agree to cosine > 0.9999.
     engine: str = "auto"
-    cluster_strategy: str = "city"
-    k: int = 23
+    #: auto (city when the groups are compact, else spherical k-means), city or kmeans; see :mod:`worldnet.clustering`.
+    cluster_strategy: str = "auto"
+    #: kmeans clusters; 0 chooses k from the training places.
+    k: int = 0
     head_mode: str = "auto"
     #: mlp (the paper's, default) or linear (PCA whitening + softmax regression; fastest at hundreds of thousands of photos).
     classifier: str = "mlp"  # TrainConfig.classifier (a test keeps the two equal)
@@ -128,10 +131,14 @@ class PipelineConfig:
 
         return View(self.input_height, resolve_flip(self.flip, one_driving_side))
 
+    def data_roots(self) -> list[str]:
+        """Every input dataset, in the order given."""
+        return [self.data_root] if isinstance(self.data_root, str) else list(self.data_root)
+
     def catalog(self) -> Catalog:
         from worldnet.catalog import Catalog
 
-        return Catalog.from_yaml(self.root, data_root=self.data_root, backbone=self.backbone)
+        return Catalog.from_yaml(self.root, data_root=self.data_roots()[0], backbone=self.backbone)
 
     def tracking_root(self) -> Path:
         """Local folder for the MLflow store (see :func:`tasks.tracking.tracking_root`)."""

@@ -18,7 +18,7 @@ from tasks.config import PipelineConfig
 from tasks.lineage import STAGE_TASK, stage_run
 from tasks.per_shard import backbone_spec, extract_one_task, map_with_progress, require_shared_store, write_shards_mapped
 from worldnet.data.debias import debias
-from worldnet.data.ingest import enforce_strict, ingest, reject_counts, require_rows
+from worldnet.data.ingest import enforce_strict, ingest_many, reject_counts, require_rows
 from worldnet.data.shards import ShardSpec, infer_frame, shard_frame
 from worldnet.data.split import make_splits, split_counts
 from worldnet.features.extract import pending_shards, remove_orphans, write_feature_frame
@@ -30,11 +30,14 @@ def ingest_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[s
     cat = cfg.catalog()
     with stage_run(cfg, "ingest", parent_run_id):
         t = time.perf_counter()
-        manifest, rejects = ingest(cfg.dataset_kind, cfg.data_root)
+        roots = cfg.data_roots()
+        manifest, rejects, per_dataset = ingest_many(cfg.dataset_kind, roots)
         cat.save("manifest_raw", manifest)
         cat.save("rejects", rejects)
         counts = reject_counts(rejects)
-        mlflow.log_params({"dataset_kind": cfg.dataset_kind, "data_root": cfg.data_root})
+        mlflow.log_params({"dataset_kind": cfg.dataset_kind, "data_root": ", ".join(roots)[:6000]})
+        if len(per_dataset) > 1:
+            mlflow.log_metrics({f"rows_{name}": kept for name, (_, kept) in per_dataset.items()})
         mlflow.log_metrics(
             {
                 "rows": manifest.height,
@@ -45,7 +48,7 @@ def ingest_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[s
         )
         if rejects.height:
             mlflow.log_artifact(str(cat.path("rejects")))
-        require_rows(manifest, rejects, cfg.data_root, str(cat.path("rejects")))
+        require_rows(manifest, rejects, ", ".join(roots), str(cat.path("rejects")))
         if cfg.strict:
             enforce_strict(rejects)
         return {"rows": manifest.height, "rejects": counts}

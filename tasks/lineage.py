@@ -41,7 +41,7 @@ from tasks.tracking import EXPERIMENT
 from worldnet.data.ingest import InputSummary, input_summary
 from worldnet.head_modes import HEAD_MODES
 from worldnet.io import write_text_atomic
-from worldnet.storage import local_path, relative_to
+from worldnet.storage import as_path, local_path, relative_to
 
 #: Each stage's function, whose source is part of its key (filled by :mod:`tasks.stages`).
 STAGE_FUNCTIONS: dict[str, Callable[..., Any]] = {}
@@ -50,8 +50,11 @@ STAGE_FUNCTIONS: dict[str, Callable[..., Any]] = {}
 def _io_paths(cfg: PipelineConfig, names: tuple[str, ...]) -> list[UPath]:
     """Concrete paths of catalog entries, expanding ``{protocol}`` and ``{mode}`` templates."""
     cat = cfg.catalog()
-    out = []
+    out: list[UPath] = []
     for n in names:
+        if n == "raw_images":  # one entry per input dataset
+            out.extend(as_path(r) for r in cfg.data_roots())
+            continue
         template = cat.entry(n)["path"]
         protos = cfg.protocols if "{protocol}" in template else [None]
         modes = HEAD_MODES if "{mode}" in template else [None]
@@ -68,10 +71,16 @@ def stage_inputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
     root = cfg.catalog().root
     out = {}
     for n in ins:
-        for p in _io_paths(cfg, (n,)):
-            key = "raw_images" if n == "raw_images" else _rel(p, root)
-            out[key] = content_hash(p, raw=n == "raw_images")
+        for i, p in enumerate(_io_paths(cfg, (n,))):
+            out[_input_key(n, i, p, root)] = content_hash(p, raw=n == "raw_images")
     return out
+
+
+def _input_key(name: str, i: int, path: UPath, root: UPath) -> str:
+    """An input's name in records and lineage tags: ``raw_images`` (``raw_images.1``, … for further datasets), else its path."""
+    if name == "raw_images":
+        return name if i == 0 else f"{name}.{i}"
+    return _rel(path, root)
 
 
 def stage_outputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
@@ -126,10 +135,10 @@ def _lineage(cfg: PipelineConfig, stage: str) -> None:
     producers = _producers(cfg)
     root = cfg.catalog().root
     for n in ins:
-        for p in _io_paths(cfg, (n,)):
+        for i, p in enumerate(_io_paths(cfg, (n,))):
             if not p.exists():
                 continue
-            key = _rel(p, root) if n != "raw_images" else "raw_images"
+            key = _input_key(n, i, p, root)
             mlflow.set_tag(f"input.{key}.sha256", content_hash(p, raw=n == "raw_images")[:16])
             if key in producers:
                 mlflow.set_tag(f"input.{key}.run_id", producers[key])
@@ -259,8 +268,9 @@ def input_summary_of(cfg: PipelineConfig) -> InputSummary | None:
     tables = [(cat.load("rejects"), str(cat.path("rejects")))]
     if cat.exists("shard_rejects"):
         tables.append((cat.load("shard_rejects"), str(cat.path("shard_rejects"))))
-    kept = cat.load("manifest_raw").height - (tables[1][0].height if len(tables) > 1 else 0)
-    return input_summary(kept, *tables)
+    manifest = cat.load("manifest_raw")
+    kept = manifest.height - (tables[1][0].height if len(tables) > 1 else 0)
+    return input_summary(kept, *tables, manifest=manifest)
 
 
 def _stage_function(stage: str) -> Callable[..., Any]:

@@ -24,7 +24,7 @@ from prefect import task
 
 from tasks.config import PipelineConfig
 from tasks.lineage import stage_run
-from tasks.tracking import MODEL_NAME, file_hash
+from tasks.tracking import MODEL_NAME, SHA256_TAG, file_hash
 from worldnet.features.engine import OnnxBackbone, build_engine
 from worldnet.head_modes import resolve_head_mode
 from worldnet.models.predictor import load_worldnet
@@ -113,6 +113,7 @@ def register_task(cfg: PipelineConfig, scores: dict[str, float], parent_run_id: 
         )
         with redirect_stderr(io.StringIO()):  # MLflow prints "Registered model ... already exists" there; the CLI says what happened
             version = str(mlflow.register_model(info.model_uri, MODEL_NAME).version)
+        client.set_model_version_tag(MODEL_NAME, version, SHA256_TAG, file_hash(local_model))  # checked at every load
         client.set_registered_model_alias(MODEL_NAME, "challenger", version)
         champion = _current_champion_scores(client)
         if champion is None:

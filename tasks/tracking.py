@@ -84,7 +84,44 @@ def registry_model_file(model: str, tracking_root: Path) -> Path:
     found = sorted(local.rglob("*.pt"))
     if not found:
         raise FileNotFoundError(f"{model} has no worldnet .pt artifact")
+    check_registered_bytes(model, found[0])
     return found[0]
+
+
+#: The model version tag holding the sha256 of the registered ``.pt`` (see :func:`check_registered_bytes`).
+SHA256_TAG = "worldnet.sha256"
+
+
+def check_registered_bytes(model: str, path: Path) -> None:
+    """Refuse a registered model whose file is not, byte for byte, the one registered.
+
+    Registration tags each version with its file's sha256; a damaged copy in
+    the artifact store would otherwise load and answer, slightly wrong.
+
+    Raises:
+        ValueError: The bytes differ from the recorded hash.
+    """
+    version = _model_version(model)
+    recorded = version.tags.get(SHA256_TAG) if version is not None else None
+    if recorded and file_hash(path) != recorded:
+        raise ValueError(
+            f"{model} (version {version.version}): its model file {path.name} does not match the sha256 recorded when it was "
+            "registered, so it is damaged; register it again (`worldnet run --only register`) or serve another version"
+        )
+
+
+def _model_version(model: str):  # type: ignore[no-untyped-def]
+    """The registry's ModelVersion for ``models:/NAME@ALIAS`` or ``models:/NAME/N`` (None if it cannot say)."""
+    body = model.removeprefix("models:/")
+    client = mlflow.MlflowClient()
+    try:
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, number = body.partition("/")
+        return client.get_model_version(name, number)
+    except Exception:  # noqa: BLE001 - a model the registry cannot name has no recorded hash to check
+        return None
 
 
 def registry_label(model: str) -> str:

@@ -101,5 +101,21 @@ def test_osv5m_five_fold_by_country_prints_the_table(shared_data, tmp_path):
     def mean_km(row: str) -> float:
         return float(table[row].split("|")[5].split("(")[0].replace(",", ""))
 
-    # the bar: worldNET (the crossfit head, cv's default) no worse than the mean model on mean km
+    # the bar: worldNET (the crossfit head, cv's default) no worse than the mean model on mean km
     assert mean_km("worldNET") <= mean_km("mean model")
+
+
+def test_places_of_several_photos_get_one_combined_answer_beside_the_per_photo_rows():
+    X, labels = _world(n_per=24)
+    # every two consecutive photos of a city are two views of one place: same coordinates, same place id
+    labels = labels.with_columns(
+        place_id=pl.Series(np.arange(labels.height) // 2, dtype=pl.Int64),
+        lat=pl.col("lat").gather(np.arange(labels.height) // 2 * 2),
+        lon=pl.col("lon").gather(np.arange(labels.height) // 2 * 2),
+    )
+    res = cross_validate(X, labels, labels["city"].to_numpy(), n_folds=4, k=4, seed=0)
+    per_place = res.predictions.filter(pl.col("model") == "worldNET (per place)")
+    per_photo = res.predictions.filter(pl.col("model") == "worldNET")
+    assert per_photo.height == labels.height
+    assert per_place.height == labels.height // 2
+    assert per_place["km"].mean() <= per_photo["km"].mean() * 1.2

@@ -133,7 +133,7 @@ def test_an_empty_dataset_says_so_in_one_line_and_leaves_no_phantom_reject(world
     shutil.rmtree(world / "Images")
     manifest, rejects = ingest("gsv_cities", world)
     assert manifest.height == 0 and rejects.height == 0
-    with pytest.raises(EmptyDatasetError, match="lists no photos .* header-only"):
+    with pytest.raises(EmptyDatasetError, match="holds no photo rows: give a GSV-Cities folder"):
         require_rows(manifest, rejects, str(world))
 
 
@@ -204,3 +204,95 @@ def _jpeg() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, format="JPEG")
     return buf.getvalue()
+
+
+def _encoded(arr, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _deep_photo(kind: str):
+    """A 64×48 left-right gradient as a 16-bit gray PNG or a 32-bit float TIFF (fixed seed)."""
+    import numpy as np
+
+    ramp = np.linspace(0, 1, 64)[None, :] + np.random.default_rng(7).normal(0, 0.01, (48, 64))
+    if kind == "png16":
+        return _encoded(np.clip(np.rint(ramp * 65535), 0, 65535).astype(np.uint16), "PNG")
+    return _encoded((ramp * 3.0 - 1.0).astype(np.float32), "TIFF")  # a float photo in [-1, 2]
+
+
+@pytest.mark.parametrize("kind", ["png16", "float_tiff"])
+def test_a_16_bit_or_float_photo_is_framed_by_its_range_not_clipped_to_a_blank_frame(kind):
+    import numpy as np
+
+    framed = np.asarray(Image.open(io.BytesIO(frame_photo(_deep_photo(kind), ShardSpec(width=64, height=48)))))
+    assert framed.shape == (48, 64, 3)
+    left, right = framed[:, :8].mean(), framed[:, -8:].mean()
+    assert left < 25 and right > 230 and (framed == 255).mean() < 0.2, (left, right)  # the gradient survives
+
+
+def _shard_rows(tmp_path, photos: dict[str, bytes]):
+    import polars as pl
+
+    rows = []
+    for name, data in photos.items():
+        (tmp_path / name).write_bytes(data)
+        row = {"image_id": name, "city": "Madrid", "lat": 40.4, "lon": -3.7, "continent": "Europe", "seen": "train", "unseen": "train"}
+        rows.append({**row, "path": str(tmp_path / name)})
+    return pl.DataFrame(rows)
+
+
+def test_a_photo_too_small_or_with_nan_pixels_is_rejected_with_why_and_costs_no_neighbour(tmp_path):
+    import numpy as np
+
+    from worldnet.data.photos import MIN_SIDE
+    from worldnet.data.schema import REJECT_REASONS
+    from worldnet.data.shards import write_shards
+
+    nan = np.linspace(0, 1, 64 * 48, dtype=np.float32).reshape(48, 64)
+    nan[0, 0] = np.nan
+    table = _shard_rows(
+        tmp_path,
+        {
+            "dot.png": _encoded(np.full((1, 1, 3), 90, np.uint8), "PNG"),
+            "line.png": _encoded(np.full((1, 10_000, 3), 90, np.uint8), "PNG"),
+            "nan.tif": _encoded(nan, "TIFF"),
+            "ok.png": _deep_photo("png16"),
+        },
+    )
+    res = write_shards(table, tmp_path / "shards", ShardSpec(shard_size=8, width=64, height=48), workers=1, progress=False)
+    assert res.index["rows"].to_list() == [1]
+    got = {r["image_id"]: r for r in res.rejects.rows(named=True)}
+    reasons = {k: r["reason"] for k, r in got.items()}
+    assert reasons == {"dot.png": "image_too_small", "line.png": "image_too_small", "nan.tif": "nonfinite_pixels"}
+    assert "1x1" in got["dot.png"]["detail"] and "10000x1" in got["line.png"]["detail"]
+    assert f"at least {MIN_SIDE} px" in got["line.png"]["detail"]
+    assert {"image_too_small", "nonfinite_pixels"} <= set(REJECT_REASONS)
+
+
+def test_predict_refuses_a_photo_too_small_to_be_one(tmp_path):
+    import numpy as np
+
+    from worldnet.models.predictor import ImageInputError, read_photo
+
+    for name, shape in (("dot.png", (1, 1, 3)), ("line.png", (1, 10_000, 3))):
+        (tmp_path / name).write_bytes(_encoded(np.full(shape, 90, np.uint8), "PNG"))
+        with pytest.raises(ImageInputError, match=rf"{name}: image_too_small: image is {shape[1]}x{shape[0]} px"):
+            read_photo(tmp_path / name)
+
+
+def test_predict_batch_never_takes_a_catalog_root_for_photos(tmp_path):
+    """``cd photos && worldnet predict-batch .`` with the default root ``.worldnet`` inside: its charts are not the user's photos."""
+    from worldnet.models.batch import photo_table
+
+    folder = tmp_path / "photos"
+    chart = _deep_photo("png16")
+    for name in ("a.jpg", "sub/b.png", ".worldnet/05_reporting/report/seen_map.png", "old_run/05_reporting/report/unseen_cdf.png"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(chart)
+    (folder / ".worldnet" / "root_id.json").write_text('{"root_id": "x"}')
+    (folder / "old_run" / "root_id.json").write_text('{"root_id": "y"}')  # a catalog root under another name (--root old_run)
+    table, skipped = photo_table(folder)
+    assert sorted(table["image_id"].to_list()) == ["a.jpg", "sub/b.png"]
+    assert skipped.height == 0  # not the user's files: not listed as left out either

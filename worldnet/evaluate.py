@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
+import torch
 
 from worldnet.data.split import place_keys
 from worldnet.geo.land import snap_to_land
@@ -20,6 +21,7 @@ from worldnet.geo.regions import continent_of
 from worldnet.geo.sphere import haversine_km
 from worldnet.head_modes import other_head_mode, resolve_head_mode
 from worldnet.metrics import distance_summary
+from worldnet.models.predictor import combine_views
 from worldnet.models.worldnet_model import TrainConfig, WorldNet
 from worldnet.protocol import (
     ProtocolData,
@@ -30,9 +32,14 @@ from worldnet.protocol import (
     train_interpolation_step,
 )
 
+#: The report's row for worldNET answering once per place (its views' distributions combined), where places have several photos.
+PER_PLACE = "worldNET (per place)"
+
+
 #: Report rows, in the paper's order, then ours.
 MODEL_ORDER = (
     "mean model",
+    "best constant",
     "guess model",
     "random guess",
     "direct regression",
@@ -41,6 +48,7 @@ MODEL_ORDER = (
     "worldNET (in-sample)",
     "worldNET (crossfit)",
     "worldNET",
+    PER_PLACE,
 )
 
 
@@ -82,8 +90,9 @@ def evaluate_step(
             raise ValueError(f"baseline predictions for {name!r} do not match the test images; rerun train_baselines")
         preds[name] = b.select("lat", "lon").to_numpy()
     snap_info: dict[str, float] = {}
+    rows_of = {label: np.arange(len(ids)) for label in worldnets}
     for label, wn in worldnets.items():
-        p = wn.predict(data.X_test)[0]
+        p, probs = wn.predict(data.X_test)
         if snap:
             s = snap_to_land(p[:, 0], p[:, 1])
             p = np.stack([s.lat, s.lon], 1)
@@ -95,27 +104,33 @@ def evaluate_step(
                     "snap_max_km": float(s.moved_km.max()),
                 }
         preds[label] = p
+        if label == "worldNET":
+            per_place = place_predictions(wn, probs, place_keys(data.test), snap)
+            if per_place is not None:
+                rows_of[PER_PLACE], preds[PER_PLACE] = per_place
 
     true_cont = data.test["continent"].to_numpy()
     frames = []
     order = [m for m in MODEL_ORDER if m in preds] + [m for m in preds if m not in MODEL_ORDER]
     for name in order:
         p = preds[name]
-        km = haversine_km(ll_te[:, 0], ll_te[:, 1], p[:, 0], p[:, 1])
+        rows = rows_of.get(name, np.arange(len(ids)))
+        truth, test = ll_te[rows], data.test[rows]
+        km = haversine_km(truth[:, 0], truth[:, 1], p[:, 0], p[:, 1])
         cont = continent_of(p[:, 0], p[:, 1])
         frames.append(
             pl.DataFrame(
                 {
-                    "image_id": data.test["image_id"],
-                    "city": data.test["city"],
+                    "image_id": test["image_id"],
+                    "city": test["city"],
                     "model": name,
                     "lat": p[:, 0],
                     "lon": p[:, 1],
-                    "true_lat": ll_te[:, 0],
-                    "true_lon": ll_te[:, 1],
+                    "true_lat": truth[:, 0],
+                    "true_lon": truth[:, 1],
                     "km": km,
                     "continent": cont,
-                    "true_continent": true_cont,
+                    "true_continent": true_cont[rows],
                 }
             )
         )
@@ -123,6 +138,24 @@ def evaluate_step(
     clf = {"val_accuracy": wn.metrics.get("val_accuracy", 0.0), "train_accuracy": wn.metrics.get("train_accuracy", 0.0)}
     predictions = pl.concat(frames)
     return ProtocolResult(data.protocol, predictions, metrics_table(predictions, seed=seed), wn, centroids, snap_info, clf)
+
+
+def place_predictions(wn: WorldNet, probs: np.ndarray, places: np.ndarray, snap: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """One answer per place from its photos' distributions (:func:`~worldnet.models.predictor.combine_views`).
+
+    Returns ``(row of each place's first photo, (P, 2) lat/lon)``, or None when no place has more than one photo
+    (then the per-photo rows say it all).
+    """
+    uniq, first, inverse, counts = np.unique(places, return_index=True, return_inverse=True, return_counts=True)
+    if counts.max(initial=0) < 2:
+        return None
+    combined = np.stack([combine_views(probs[inverse == i]) for i in range(len(uniq))])
+    with torch.no_grad():
+        latlon = wn.head(torch.from_numpy(combined.astype(np.float32))).numpy().astype(np.float64)
+    if snap:
+        s = snap_to_land(latlon[:, 0], latlon[:, 1])
+        latlon = np.stack([s.lat, s.lon], 1)
+    return first, latlon
 
 
 def metrics_table(predictions: pl.DataFrame, *, seed: int = 0) -> pl.DataFrame:
@@ -207,7 +240,7 @@ def cross_validate(
         val_places = _pick_groups(places[folds != f], val_fraction, seed + f)
         role = np.where(folds == f, "test", np.where(np.isin(places, val_places), "val", "train"))
         lab = labels.with_columns(unseen=pl.Series(role))
-        k_f = min(k, int((folds != f).sum())) if cluster_strategy == "kmeans" else k
+        k_f = min(k, int((folds != f).sum())) if cluster_strategy != "city" and k else k
         last = run_protocol(
             X, lab, "unseen", cluster_strategy=cluster_strategy, k=k_f, head_mode=head_mode, snap=snap, cfg=cfg, knn=knn, seed=seed
         )
@@ -219,7 +252,6 @@ def cross_validate(
     return ProtocolResult("unseen", predictions, metrics_table(predictions, seed=seed), wn, cents)  # type: ignore[arg-type]
 
 
-#: Head modes a run may report as ``worldNET``: a trained mode, or ``auto`` (per protocol, see :func:`resolve_head_mode`).
 def run_protocol(
     X: np.ndarray,
     labels: pl.DataFrame,

@@ -14,7 +14,9 @@ import numpy as np
 import polars as pl
 
 from worldnet.clustering import assign_to_centroids, cluster_locations
+from worldnet.data.split import place_keys
 from worldnet.models.baselines import (
+    BestConstant,
     MeanModel,
     fit_direct_regression,
     guess_model,
@@ -65,7 +67,12 @@ def protocol_data(X: np.ndarray, labels: pl.DataFrame, protocol: str) -> Protoco
 
 
 def cluster_labels(frame: pl.DataFrame, centroids: pl.DataFrame, strategy: str) -> np.ndarray:
-    """Each row's cluster id given the centroids table (-1: a city with no centroid)."""
+    """Each row's cluster id given the centroids table (-1: a city with no centroid).
+
+    ``auto`` follows what the centroids were made by (their ``strategy`` column).
+    """
+    if strategy == "auto":
+        strategy = str(centroids["strategy"][0]) if "strategy" in centroids.columns and centroids.height else "kmeans"
     if strategy == "city":
         lookup = {n: i for i, n in enumerate(centroids["name"].to_list())}
         return np.array([lookup.get(c, -1) for c in frame["city"].to_list()], dtype=np.int64)
@@ -95,10 +102,10 @@ def crossfit_groups(frame: pl.DataFrame, protocol: str) -> np.ndarray:
 
     ``unseen`` tests cities never trained on, so folds hold out whole cities;
     ``seen`` tests new places of known cities, so folds hold out whole places
-    (a place is its coordinates: the headings of one location share them).
+    (:func:`~worldnet.data.split.place_keys`: every view of a location together).
     """
     if protocol == "seen":
-        return (frame["lat"].round(6).cast(pl.String) + "," + frame["lon"].round(6).cast(pl.String)).to_numpy()
+        return place_keys(frame)
     return frame["city"].to_numpy()
 
 
@@ -121,6 +128,7 @@ def train_interpolation_step(
         centroids["name"].to_list(),
         mode,
         cfg,
+        outer_groups=data.train["city"].to_numpy() if data.protocol == "seen" else None,
     )
 
 
@@ -129,6 +137,7 @@ def train_baselines_step(data: ProtocolData, *, knn: int = 10, seed: int = 0) ->
     ll_tr, n = data.latlon(data.train), data.test.height
     preds = {
         "mean model": MeanModel.fit(ll_tr).predict(n),
+        "best constant": BestConstant.fit(ll_tr).predict(n),
         "guess model": guess_model(ll_tr, n, seed),
         "random guess": random_guess(n, seed),
     }

@@ -19,7 +19,7 @@ def _manifest(per_continent: dict[str, int], cities_each: int = 3, seed: int = 0
 
 
 def test_one_continent_is_kept_whole_and_the_summary_says_why():
-    # the case: 1,707 US-West photos were cut to 1 without a word
+    # the case found on real photos: 1,707 US-West photos were cut to 1 without a word
     m = _manifest({"North America": 300})
     out, summary = debias(m, "balance_continents")
     assert out.height == 300

@@ -102,7 +102,7 @@ def test_only_named_shards_are_embedded_and_unknown_ones_are_named(shards, tmp_p
         extract_features(bb, shards, tmp_path / "f", only=["shard-09999.parquet"], progress=False)
 
 
-#: CUDA (float16 autocast) vs CPU (float32), both stored as float16: the tolerance the README states.
+#: CUDA (float16 autocast) vs CPU (float32), both stored as float16: the tolerance docs/scale-out.md states.
 CUDA_MEAN_ABS_TOL = 1e-2
 CUDA_MIN_COSINE = 0.999
 

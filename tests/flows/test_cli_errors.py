@@ -112,3 +112,37 @@ def test_serve_refuses_a_bad_model_or_port_in_one_line(tmp_path):
     for extra, message in cases:
         res = CliRunner().invoke(app, ["serve", "--root", str(tmp_path / "root"), *extra])
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, (extra, res.output)
+
+
+def test_numeric_options_are_refused_by_name_in_a_second(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.csv").write_text("path,lat,lon\n")
+    cases = [
+        (["run", "--seed", "-1"], "--seed -1"),
+        (["run", "--cluster", "kmeans", "--k", "-3"], "--k -3"),
+        (["run", "--cluster", "regions"], "--cluster 'regions' is unknown"),
+        (["run", "--crossfit-weight-decay", "nan"], "--crossfit-weight-decay nan"),
+        (["run", "--image-size", "100000x100000"], "at most 4096"),
+        (["cv", "--folds", "1"], "--folds 1"),
+        (["cv", "--folds", "1000"], "--folds 1000"),
+    ]
+    for args, message in cases:
+        t = time.perf_counter()
+        res = CliRunner().invoke(app, [*args, "--data-root", str(data), "--root", str(tmp_path / "root")])
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.output and "Traceback" not in res.output, (args, res.output)
+        assert time.perf_counter() - t < 5, args
+
+
+def test_data_roots_are_checked_before_anything_starts(tmp_path):
+    twice = tmp_path / "a" / "photos"
+    other = tmp_path / "b" / "photos"
+    for folder in (twice, other):
+        folder.mkdir(parents=True)
+        (folder / "m.csv").write_text("path,lat,lon\n")
+    res = CliRunner().invoke(app, ["run", "--data-root", str(twice), "--data-root", str(other)])
+    assert res.exit_code == 2 and "name each once" in res.output
+    (twice / "n.csv").write_text("path,lat,lon\n")
+    res = CliRunner().invoke(app, ["run", "--data-root", str(twice)])
+    assert res.exit_code == 2 and "name the one that lists the photos" in res.output

@@ -93,6 +93,25 @@ def test_one_bad_photo_never_fails_the_others(server):
     assert [p["status"] for p in res.json()["predictions"]] == ["ok", "not_an_image", "ok"]
 
 
+def test_photos_of_one_place_get_one_answer_beside_their_own(server):
+    files = [("a.jpg", _jpeg(color=(200, 60, 50))), ("notes.jpg", b"just some text"), ("b.jpg", _jpeg(color=(50, 80, 200)))]
+    res = _post(server, files, params={"place": 1, "top_k": 2})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    plain = _post(server, files, params={"top_k": 2}).json()
+    assert body["predictions"] == plain["predictions"] and "place" not in plain  # each photo's answer as without place
+    place = body["place"]
+    assert place["status"] == "ok" and (place["n_photos"], place["n_views"], place["views_used"]) == (3, 2, ["a.jpg", "b.jpg"])
+    assert -90 <= place["lat"] <= 90 and len(place["top_clusters"]) == 2 and "views" not in place
+    # a form field says it as well as the query (a checkbox sends "on"); one photo's place is that photo's answer
+    one = _post(server, files[:1], data={"place": "on"}).json()
+    assert (one["place"]["lat"], one["place"]["lon"]) == (one["predictions"][0]["lat"], one["predictions"][0]["lon"])
+    assert "place" not in _post(server, files[:1], data={"place": "0"}).json()
+    _one_line_4xx(_post(server, files[:1], params={"place": "maybe"}), 400, "place query parameter is 1")
+    bad = _post(server, files[1:2], params={"place": 1})
+    assert bad.status_code == 415 and bad.json()["place"]["status"] == "no_readable_view"
+
+
 @pytest.mark.parametrize(
     ("files", "status", "words"),
     [

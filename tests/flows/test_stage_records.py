@@ -145,3 +145,34 @@ def test_two_processes_creating_a_fresh_mlflow_store_both_succeed(tmp_path):
     assert all(p.returncode == 0 for p in procs), [e.decode()[-500:] for _, e in outs]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     assert mlflow.get_experiment_by_name("worldnet") is not None
+
+
+def test_a_changed_photo_is_reframed_and_a_corrupt_feature_shard_is_redone(tmp_path, worlds, monkeypatch):
+    """A record proves content: a photo replaced under its name and a feature file damaged in place are both noticed."""
+    import numpy as np
+    from PIL import Image
+
+    from worldnet.features.extract import load_features
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = _cfg(tmp_path, worlds[0])
+    with prefect_test_harness(server_startup_timeout=120):
+        pipeline(cfg)
+        feats = cfg.catalog().path("feature_shards")
+        X0, labels0 = load_features(feats)
+        manifest = cfg.catalog().load("manifest_debiased")
+        changed = manifest.sort("image_id")["image_id"][1]
+        photo = manifest.filter(manifest["image_id"] == changed)["path"][0]
+        Image.new("RGB", Image.open(photo).size, (250, 20, 200)).save(photo, quality=90)  # new bytes, same name
+        npy = sorted(feats.glob("feat-*.npy"))[0]
+        raw = bytearray(npy.read_bytes())
+        raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)  # still a readable .npy, with wrong numbers
+        npy.write_bytes(bytes(raw))
+        again = pipeline(cfg)
+    assert again["states"]["shard"] != "Up to date" and again["states"]["extract_features"] != "Up to date", again["states"]
+    X1, labels1 = load_features(feats)
+    assert labels1["image_id"].to_list() == labels0["image_id"].to_list()
+    row = labels1["image_id"].to_list().index(changed)
+    others = np.arange(len(X1)) != row
+    assert np.array_equal(X1[others], X0[others])  # the damaged rows were redone, the rest as before
+    assert not np.allclose(X1[row], X0[row])  # the new pixels were framed and embedded

@@ -73,3 +73,24 @@ def test_direct_regression_hedges_towards_the_mean_instead_of_collapsing():
     model, std = fit_direct_regression(Xs[:500], ll[:500], seed=0)
     p = predict_direct_regression(model, std, Xs[500:])
     assert haversine_km(ll[500:, 0], ll[500:, 1], p[:, 0], p[:, 1]).mean() < 0.6 * km_mean
+
+
+def test_best_constant_sits_with_the_bulk_and_beats_every_training_point_as_a_constant():
+    from worldnet.models.baselines import BestConstant, MeanModel
+
+    rng = np.random.default_rng(0)
+    europe = np.c_[rng.normal(50, 3, 60), rng.normal(8, 5, 60)]
+    far = np.array([[-33.9, 151.2], [35.7, 139.7], [-23.5, -46.6]])
+    pts = np.r_[europe, far]
+    best = BestConstant.fit(pts)
+
+    def mean_km(lat, lon):
+        return haversine_km(pts[:, 0], pts[:, 1], np.full(len(pts), lat), np.full(len(pts), lon)).mean()
+
+    assert mean_km(best.lat, best.lon) <= min(mean_km(a, b) for a, b in pts) + 1e-6
+    assert haversine_km(best.lat, best.lon, 50.0, 8.0) < 600  # in Europe, where most photos are
+    mean = MeanModel.fit(pts)  # the paper's: the plain mean of latitudes and longitudes
+    assert (mean.lat, mean.lon) == pytest.approx((pts[:, 0].mean(), pts[:, 1].mean()))
+    assert mean_km(best.lat, best.lon) < mean_km(mean.lat, mean.lon)
+    with pytest.raises(ValueError, match="at least one"):
+        BestConstant.fit(np.zeros((0, 2)))

@@ -25,27 +25,6 @@ def _my_shards(shards: list[UPath]) -> list[tuple[int, UPath]]:
     return indexed if info is None else indexed[info.id :: info.num_workers]
 
 
-class ShardImageDataset(IterableDataset[tuple[str, np.ndarray]]):
-    """Yields ``(image_id, uint8 HWC array)`` for every image in the given shards.
-
-    Args:
-        shards: Shard files, in order.
-        decode: Turns JPEG bytes into an array (e.g. decode + resize for a backbone).
-        batch_size: Rows read from Parquet at a time.
-    """
-
-    def __init__(self, shards: list[UPath], decode: Callable[[bytes], np.ndarray], batch_size: int = 32):
-        self.shards = list(shards)
-        self.decode = decode
-        self.batch_size = batch_size
-
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        for _, path in _my_shards(self.shards):
-            for batch in iter_shard_rows(path, ["image_id", "jpeg"], self.batch_size):
-                for image_id, data in zip(batch["image_id"], batch["jpeg"], strict=True):
-                    yield str(image_id), self.decode(cast(bytes, data))
-
-
 @dataclass
 class ShardBatch:
     """Decoded images of one shard (a batch never spans two shards)."""
@@ -84,10 +63,4 @@ class ShardBatchDataset(IterableDataset[ShardBatch]):
                 pool.shutdown()
 
 
-def collate_uint8(items: list[tuple[str, np.ndarray]]) -> tuple[list[str], torch.Tensor]:
-    """Stack decoded images into one uint8 (N, H, W, 3) tensor."""
-    ids = [i for i, _ in items]
-    return ids, torch.from_numpy(np.stack([a for _, a in items]))
-
-
-__all__ = ["ShardBatch", "ShardBatchDataset", "ShardImageDataset", "collate_uint8"]
+__all__ = ["ShardBatch", "ShardBatchDataset"]

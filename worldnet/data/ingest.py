@@ -6,8 +6,12 @@ Supported inputs:
 * ``gsv_metadata``: a metadata table (Parquet/CSV with the GSV-Cities columns,
   no images), e.g. ``../shared/data/gsv_cities_metadata``;
 * ``flat``: the original worldNET code's ``{City}_{lat}_{lon}.jpg`` in one folder;
-* ``csv``: a generic ``path,lat,lon[,city][,image_id]`` CSV (OSV-5M's
-  ``metadata.csv`` works: its images are ``images/{image_id}.jpg``).
+* ``csv``: a generic ``path,lat,lon[,city][,image_id][,place_id][,heading][,year,month]``
+  CSV (OSV-5M's ``metadata.csv`` works: its images are ``images/{image_id}.jpg``);
+  a folder holding exactly one CSV is read as that CSV.
+
+Several datasets read together (:func:`ingest_many`) become one manifest whose
+``dataset`` column names where each row came from.
 
 Every reader returns ``(manifest, rejects)``; row-level problems become rejects
 and never stop the good rows. :func:`validate` then applies the checks shared
@@ -17,6 +21,7 @@ by all readers.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,12 +253,19 @@ def read_flat(folder: str | os.PathLike[str]) -> tuple[pl.DataFrame, pl.DataFram
 
 
 def read_csv_table(csv_path: str | os.PathLike[str], image_root: str | os.PathLike[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """A generic ``path,lat,lon[,city][,image_id]`` CSV.
+    """A generic ``path,lat,lon`` CSV, with optional ``city``, ``image_id``, ``place_id``, ``heading``, ``year``, ``month``.
 
     Without a ``path`` column but with ``image_id``, images are looked up as
     ``{image_root}/images/{image_id}.jpg`` then ``{image_root}/{image_id}.jpg``
     (OSV-5M's layout). Relative paths are resolved against ``image_root``
     (default: the CSV's folder).
+
+    Without an ``image_id`` column a photo's id is its path relative to the
+    dataset (``images/Paris/00001_0.jpg``), unique by construction: two
+    cities' ``0.jpg`` are two photos, not a duplicate. ``place_id`` groups the
+    views of one location (an integer, or any text, which is hashed to one);
+    ``heading``, ``year`` and ``month`` are kept where given, and an empty
+    field means unknown, never a reject.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -261,7 +273,7 @@ def read_csv_table(csv_path: str | os.PathLike[str], image_root: str | os.PathLi
     root = Path(image_root).resolve() if image_root else csv_path.resolve().parent
     rows: list[dict[str, object]] = []
     rejects: list[dict[str, object]] = []
-    with open(csv_path, newline="", encoding="utf-8", errors="replace") as fh:
+    with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as fh:
         reader = csv.reader(fh)
         header = [h.strip() for h in next(reader, [])]
         if not {"lat", "lon"} <= set(header) or not ({"path", "image_id"} & set(header)):
@@ -280,13 +292,16 @@ def read_csv_table(csv_path: str | os.PathLike[str], image_root: str | os.PathLi
             rec = dict(zip(header, (f.strip() for f in fields), strict=True))
             try:
                 lat, lon = float(rec["lat"]), float(rec["lon"])
+                extras = _csv_extras(rec)
             except ValueError as exc:
-                rejects.append({"source": str(csv_path), "row": line_no, "reason": "unparseable_row", "detail": str(exc)})
+                rejects.append({"source": str(csv_path), "row": line_no, "reason": "unparseable_row", "detail": str(exc)[:300]})
                 continue
             if rec.get("path"):
                 path = Path(rec["path"])
                 path = path if path.is_absolute() else root / path
-                if not path.resolve().is_relative_to(root):
+                # ``..`` may not climb out of the dataset; a link the user made inside it (a subset assembled without
+                # copying) is theirs to follow
+                if not Path(os.path.normpath(path)).is_relative_to(root):
                     rejects.append(
                         {
                             "source": str(csv_path),
@@ -303,10 +318,11 @@ def read_csv_table(csv_path: str | os.PathLike[str], image_root: str | os.PathLi
                 path = cand if cand.exists() else root / f"{rec['image_id']}.jpg"
             rows.append(
                 {
-                    "image_id": rec.get("image_id") or path.stem,
+                    "image_id": rec.get("image_id") or _relative_id(path, root),
                     "city": rec.get("city", ""),
                     "lat": lat,
                     "lon": lon,
+                    **extras,
                     "path": str(path),
                     "source": "csv",
                     "_row": line_no,
@@ -314,6 +330,49 @@ def read_csv_table(csv_path: str | os.PathLike[str], image_root: str | os.PathLi
                 }
             )
     return _finish(rows), rejects_frame(rejects)
+
+
+def _relative_id(path: Path, root: Path) -> str:
+    """A photo's id when the CSV gives none: its path relative to the dataset, with forward slashes."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _optional_int(rec: dict[str, str], column: str) -> int | None:
+    """An optional integer field: empty or absent is None (unknown); ``90.0`` reads as 90; anything else is a ValueError."""
+    text = rec.get(column, "")
+    if text == "" or text.lower() in ("nan", "na", "null", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{column} {text!r} is not a number (leave it empty where unknown)") from None
+    if value != value or value != int(value):
+        raise ValueError(f"{column} {text!r} is not a whole number (leave it empty where unknown)")
+    return int(value)
+
+
+def _place_number(text: str) -> int | None:
+    """A ``place_id`` as an integer: as written when it is one, else a stable 62-bit hash of the text (``ALA.3_2``)."""
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 2
+
+
+def _csv_extras(rec: dict[str, str]) -> dict[str, object]:
+    """The optional columns of a ``csv`` row: place, heading and capture date (None where empty)."""
+    heading = _optional_int(rec, "heading")
+    return {
+        "place_id": _place_number(rec.get("place_id", "")),
+        "heading": None if heading is None else heading % 360,
+        "year": _optional_int(rec, "year"),
+        "month": _optional_int(rec, "month"),
+    }
 
 
 def _finish(rows: list[dict[str, object]]) -> pl.DataFrame:
@@ -424,37 +483,109 @@ def _check_files(paths: list[str | None]) -> tuple[list[str | None], list[str | 
 
 
 def detect_kind(location: str | os.PathLike[str]) -> str:
-    """The dataset kind of ``location``: ``gsv_cities`` (a folder with Dataframes/), ``csv`` (a .csv file),
-    ``gsv_metadata`` (a .parquet file) or ``flat`` (any other folder).
+    """The dataset kind of ``location``.
+
+    ``gsv_cities``: a folder with ``Dataframes/``; ``csv``: a ``.csv`` file, or
+    a folder holding exactly one (``metadata.csv`` beside ``images/``, as
+    datasets are usually shared); ``gsv_metadata``: a ``.parquet`` file;
+    ``flat``: any other folder.
 
     Raises:
         FileNotFoundError: ``location`` does not exist.
+        DatasetNotFoundError: A folder holds several CSVs and no ``Dataframes/``.
     """
     p = Path(location)
     if p.is_dir():
-        return "gsv_cities" if (p / "Dataframes").is_dir() else "flat"
+        if (p / "Dataframes").is_dir():
+            return "gsv_cities"
+        csvs = _folder_csvs(p)
+        if len(csvs) > 1:
+            raise DatasetNotFoundError(
+                f"{p} holds {len(csvs)} CSV files ({', '.join(c.name for c in csvs[:5])}): name the one that lists the photos"
+            )
+        return "csv" if csvs else "flat"
     if p.suffix.lower() == ".csv":
         return "csv"
     if p.suffix.lower() == ".parquet":
         return "gsv_metadata"
-    raise FileNotFoundError(f"{p} is neither a dataset folder nor a .csv/.parquet file: check --data-root")
+    raise FileNotFoundError(f"{p} is neither a dataset folder nor a .csv/.parquet file: check the data root")
+
+
+def _folder_csvs(folder: Path) -> list[Path]:
+    return sorted(c for c in folder.glob("*.csv") if c.is_file() and not c.name.startswith("."))
+
+
+def _csv_of(location: str | os.PathLike[str]) -> Path:
+    """The CSV a ``csv`` dataset means: the file itself, or a folder's one CSV."""
+    p = Path(location)
+    if not p.is_dir():
+        return p
+    csvs = _folder_csvs(p)
+    if len(csvs) != 1:
+        found = ", ".join(c.name for c in csvs) or "none"
+        raise DatasetNotFoundError(f"{p} must hold exactly one CSV listing the photos (found {found}): or name the CSV itself")
+    return csvs[0]
+
+
+READERS = {
+    "gsv_cities": read_gsv_cities,
+    "gsv_metadata": read_gsv_metadata,
+    "flat": read_flat,
+    "csv": lambda location: read_csv_table(_csv_of(location)),
+}
 
 
 def ingest(kind: str, location: str | os.PathLike[str], *, check_files: bool = True) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read and validate a dataset of the given kind (``auto``: see :func:`detect_kind`); returns ``(manifest, rejects)``."""
     if kind == "auto":
         kind = detect_kind(location)
-    readers = {
-        "gsv_cities": read_gsv_cities,
-        "gsv_metadata": read_gsv_metadata,
-        "flat": read_flat,
-        "csv": read_csv_table,
-    }
-    if kind not in readers:
-        raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(readers)}")
-    raw, parse_rejects = readers[kind](location)
+    if kind not in READERS:
+        raise ValueError(f"unknown dataset kind {kind!r}; choose one of auto, {', '.join(READERS)}")
+    raw, parse_rejects = READERS[kind](location)
     good, rejects = validate(raw, check_files=check_files and kind != "gsv_metadata", source=str(location))
     return good, pl.concat([parse_rejects, rejects], how="vertical_relaxed")
+
+
+def dataset_name(location: str | os.PathLike[str]) -> str:
+    """A dataset's short name: its folder's name (a CSV's parent folder), as the input line and the ``dataset`` column say it."""
+    p = Path(location)
+    return (p.parent.name if p.is_file() or p.suffix.lower() in (".csv", ".parquet") else p.name) or str(p)
+
+
+#: Place ids of the i-th dataset read together are offset by i times this, so two datasets' place 7 stay two places.
+PLACE_OFFSET = 10**12
+
+
+def ingest_many(kind: str, locations: list[str]) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, tuple[int, int]]]:
+    """Several datasets as one: ``(manifest, rejects, {dataset: (read, kept)})``, each read with its own layout.
+
+    One location reads exactly as :func:`ingest`. With several, each row's
+    ``dataset`` column names its dataset, image ids are prefixed with it
+    (``street_world/images/Paris/00001_0.jpg``) so that ids stay unique, and
+    place ids are offset per dataset so that places never merge across
+    datasets. ``kind`` applies to every location (``auto`` detects each).
+
+    Raises:
+        ValueError: No location, or two locations with the same name.
+    """
+    if not locations:
+        raise ValueError("no dataset given: name at least one data root")
+    names = [dataset_name(loc) for loc in locations]
+    if len(set(names)) != len(names):
+        raise ValueError(f"datasets read together need distinct folder names; got {names}")
+    manifests, rejects, counts = [], [], {}
+    for i, (loc, name) in enumerate(zip(locations, names, strict=True)):
+        good, bad = ingest(kind, loc)
+        if len(locations) > 1:
+            good = good.with_columns(
+                image_id=pl.lit(f"{name}/") + pl.col("image_id"),
+                place_id=pl.col("place_id") + i * PLACE_OFFSET,
+            )
+            bad = bad.with_columns(image_id=pl.lit(f"{name}/") + pl.col("image_id"))
+        manifests.append(good.with_columns(dataset=pl.lit(name)))
+        rejects.append(bad)
+        counts[name] = (good.height + bad.height, good.height)
+    return pl.concat(manifests, how="vertical_relaxed"), pl.concat(rejects, how="vertical_relaxed"), counts
 
 
 def reject_counts(rejects: pl.DataFrame) -> dict[str, int]:
@@ -479,19 +610,26 @@ def require_rows(manifest: pl.DataFrame, rejects: pl.DataFrame, location: str, r
         return
     where = f"; see {rejects_path}" if rejects_path else ""
     if rejects.height == 0:
-        raise EmptyDatasetError(f"{location} lists no photos (are its CSVs header-only?): give a dataset with at least one row")
+        raise EmptyDatasetError(
+            f"{location} holds no photo rows: give a GSV-Cities folder (Dataframes/ + Images/), a CSV with path,lat,lon "
+            "(or a folder holding one), or a folder of {City}_{lat}_{lon}.jpg files, with at least one row"
+        )
     counts = ", ".join(f"{n} {r}" for r, n in reject_counts(rejects).items())
     raise EmptyDatasetError(f"no usable rows in {location}: all {rejects.height} were rejected ({counts}){where}")
 
 
 @dataclass(frozen=True)
 class InputSummary:
-    """What became of the input: read, kept, and rejected by reason, with where the rejects are listed."""
+    """What became of the input: read, kept, and rejected by reason, with where the rejects are listed.
+
+    ``datasets``: ``(name, read, kept)`` of each dataset when several were read together.
+    """
 
     read: int
     kept: int
     rejected: dict[str, int]
     rejects_paths: tuple[str, ...] = ()
+    datasets: tuple[tuple[str, int, int], ...] = ()
 
     def line(self) -> str:
         """``input: 1,707 read, 1,700 kept, 7 rejected (3 missing_image, 4 not_an_image); rejects: PATH``."""
@@ -499,16 +637,20 @@ class InputSummary:
         text = f"input: {self.read:,} read, {self.kept:,} kept, {n_rej:,} rejected"
         if n_rej:
             text += " (" + ", ".join(f"{n:,} {r}" for r, n in sorted(self.rejected.items())) + ")"
-            if self.rejects_paths:
-                text += "; rejects: " + ", ".join(self.rejects_paths)
+        if len(self.datasets) > 1:
+            text += "; by dataset: " + ", ".join(f"{name} {read:,} read, {kept:,} kept" for name, read, kept in self.datasets)
+        if n_rej and self.rejects_paths:
+            text += "; rejects: " + ", ".join(self.rejects_paths)
         return text
 
 
-def input_summary(kept: int, *rejects: tuple[pl.DataFrame, str | None]) -> InputSummary:
+def input_summary(kept: int, *rejects: tuple[pl.DataFrame, str | None], manifest: pl.DataFrame | None = None) -> InputSummary:
     """An :class:`InputSummary` from the rows kept and each ``(rejects table, its path)``.
 
     ``kept`` is what is left after every table (e.g. ingest's rows minus the
     shard stage's corrupt images); ``read`` counts kept and rejected alike.
+    ``manifest`` (ingest's rows, with their ``dataset``) adds per-dataset
+    counts when it holds several datasets.
     """
     counts: dict[str, int] = {}
     paths: list[str] = []
@@ -517,7 +659,30 @@ def input_summary(kept: int, *rejects: tuple[pl.DataFrame, str | None]) -> Input
             counts[r] = counts.get(r, 0) + n
         if table.height and path:
             paths.append(path)
-    return InputSummary(read=kept + sum(counts.values()), kept=kept, rejected=counts, rejects_paths=tuple(paths))
+    datasets: tuple[tuple[str, int, int], ...] = ()
+    if manifest is not None and "dataset" in manifest.columns:
+        names = sorted(n for n in manifest["dataset"].unique().to_list() if n)
+        if len(names) > 1:
+            datasets = tuple(_dataset_counts(name, manifest, [t for t, _ in rejects]) for name in names)
+    return InputSummary(read=kept + sum(counts.values()), kept=kept, rejected=counts, rejects_paths=tuple(paths), datasets=datasets)
+
+
+def _dataset_counts(name: str, manifest: pl.DataFrame, rejects: list[pl.DataFrame]) -> tuple[str, int, int]:
+    """``(name, read, kept)`` of one dataset: its manifest rows, less and plus the rejects that name it."""
+    rows = int((manifest["dataset"] == name).sum())
+    first, later = 0, 0
+    for i, table in enumerate(rejects):
+        if table.height == 0:
+            continue
+        mine = (
+            table["image_id"].fill_null("").str.starts_with(f"{name}/")
+            | table["source"].fill_null("").str.contains(f"/{name}/", literal=True)
+            | table["source"].fill_null("").str.ends_with(f"/{name}")
+            | table["path"].fill_null("").str.contains(f"/{name}/", literal=True)
+        )
+        n = int(mine.sum())
+        first, later = (first + n, later) if i == 0 else (first, later + n)
+    return name, rows + first, rows - later
 
 
 class StrictModeError(ValueError):
@@ -540,6 +705,7 @@ __all__ = [
     "InputSummary",
     "enforce_strict",
     "ingest",
+    "ingest_many",
     "input_summary",
     "require_rows",
     "read_csv_table",

@@ -6,15 +6,17 @@ Manifest: one row per usable image (or per metadata row in metadata-only mode).
 column      type    meaning
 =========== ======= ==========================================================
 image_id    str     unique id: ``{city}_{place_id:07d}_{year}_{month:02d}_{heading:03d}_{panoid}``
-                    for GSV-Cities, the file stem otherwise
+                    for GSV-Cities, the CSV's ``image_id`` or the photo's path relative
+                    to the dataset for ``csv``, the file stem for ``flat``
 city        str     city (GSV-Cities name, or the CSV's city column, or "")
 lat, lon    f64     WGS84 degrees
-place_id    i64     GSV-Cities place (groups photos of one spot); null if unknown
+place_id    i64     the place (groups the views of one spot); null if unknown
 year, month i32     capture date; null if unknown
 heading     i32     compass heading (``northdeg``); null if unknown
 path        str     absolute image path; null in metadata-only mode
 source      str     reader that produced the row: gsv_cities | gsv_metadata | flat | csv
 continent   str     from the geo core (Natural Earth)
+dataset     str     which input it came from (the dataset folder's name), when several are read together
 =========== ======= ==========================================================
 
 Rejects: one row per problem, never silently dropped.
@@ -45,6 +47,7 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "path": pl.String(),
     "source": pl.String(),
     "continent": pl.String(),
+    "dataset": pl.String(),
 }
 
 REJECTS_SCHEMA: dict[str, pl.DataType] = {
@@ -54,12 +57,6 @@ REJECTS_SCHEMA: dict[str, pl.DataType] = {
     "path": pl.String(),
     "reason": pl.String(),
     "detail": pl.String(),
-}
-
-SPLIT_SCHEMA: dict[str, pl.DataType] = {
-    "image_id": pl.String(),
-    "seen": pl.String(),
-    "unseen": pl.String(),
 }
 
 #: Every reason a row can be rejected for.
@@ -72,6 +69,8 @@ REJECT_REASONS: tuple[str, ...] = (
     "empty_file",
     "not_an_image",
     "corrupt_image",
+    "image_too_small",  # shard/predict: a side under worldnet.data.photos.MIN_SIDE px (a 1x1 or 10000x1 image)
+    "nonfinite_pixels",  # shard/predict: a float image with NaN or infinite samples (no range says what they mean)
     "filename_coords_mismatch",
     "unlisted_image",
 )
@@ -80,11 +79,6 @@ REJECT_REASONS: tuple[str, ...] = (
 #: Unix epoch standing in for "unknown", so dates before this are rejected.
 MIN_YEAR = 2007
 MAX_YEAR = 2030
-
-
-def empty_manifest() -> pl.DataFrame:
-    """A manifest with no rows and the right columns."""
-    return pl.DataFrame(schema=MANIFEST_SCHEMA)
 
 
 def empty_rejects() -> pl.DataFrame:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from collections.abc import Iterator
 from concurrent.futures import as_completed
 from dataclasses import dataclass
@@ -30,13 +31,13 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 from upath import UPath
 
-from worldnet.data.photos import HEAD_BYTES, describe_head, sniff_format
+from worldnet.data.photos import HEAD_BYTES, MIN_SIDE, PhotoRejectedError, check_photo_size, describe_head, sniff_format, to_rgb8
 from worldnet.data.schema import rejects_frame
 from worldnet.io import atomic_path, write_text_atomic
 from worldnet.parallel import process_pool
-from worldnet.storage import as_path, is_local, open_input, read_parquet, shared_across_processes, sorted_glob
+from worldnet.storage import as_path, is_local, open_input, shared_across_processes, sorted_glob
 
-SHARD_COLUMNS = ("image_id", "city", "lat", "lon", "continent", "seen", "unseen", "jpeg", "width", "height")
+SHARD_COLUMNS = ("image_id", "city", "lat", "lon", "continent", "seen", "unseen", "place_id", "jpeg", "width", "height")
 #: Refuse images above this many pixels (decompression bombs).
 MAX_PIXELS = 60_000_000
 
@@ -68,7 +69,7 @@ def infer_frame(paths: list[str], height: int = 300, sample: int = 64) -> tuple[
                     w, h = h, w
         except Exception:  # noqa: BLE001 - reported by the shard stage, not here
             continue
-        if w > 0 and h > 0:
+        if w >= MIN_SIDE and h >= MIN_SIDE:  # a photo the shard stage rejects as too small has no say
             aspects.append(w / h)
     aspect = float(np.median(aspects)) if aspects else 4 / 3
     width = int(round(height * aspect / 4)) * 4
@@ -98,12 +99,14 @@ def decode_resize(data: bytes, width: int, height: int) -> Image.Image:
     if sniff_format(data[:HEAD_BYTES]) is None:
         raise ValueError(describe_head(data[:HEAD_BYTES]))
     img: Image.Image = Image.open(io.BytesIO(data))
+    fmt = img.format
     if img.width * img.height > MAX_PIXELS:
         raise ValueError(f"image is {img.width}x{img.height}, over the {MAX_PIXELS:,}-pixel limit")
+    check_photo_size(img)  # a 1x1 or 10000x1 image is no photo: rejected (image_too_small), never blown up to a frame
     scale = max(width / img.width, height / img.height)
     img.draft("RGB", (max(1, int(img.width * scale)), max(1, int(img.height * scale))))
     img = ImageOps.exif_transpose(img)  # a phone photo stored sideways is seen upright, as in predict
-    img = img.convert("RGB")
+    img = to_rgb8(img, fmt)  # 16-bit and float photos by their real range, not clipped to white or black
     img.load()
     scale = max(width / img.width, height / img.height)
     rw, rh = max(width, round(img.width * scale)), max(height, round(img.height * scale))
@@ -128,8 +131,19 @@ def frame_photo(data: bytes, spec: ShardSpec) -> bytes:
 def _input_hash(rows: list[dict[str, object]], spec: ShardSpec) -> str:
     h = hashlib.sha256(json.dumps([spec.width, spec.height, spec.quality]).encode())
     for r in rows:
-        h.update(f"{r['image_id']}|{r['path']}|{r['lat']}|{r['lon']}|{r['seen']}|{r['unseen']}\n".encode())
+        h.update(
+            f"{r['image_id']}|{r['path']}|{r['lat']}|{r['lon']}|{r['seen']}|{r['unseen']}|{r.get('place_id')}|{_stamp(r['path'])}\n".encode()
+        )
     return h.hexdigest()
+
+
+def _stamp(path: object) -> str:
+    """A photo file's size and modification time: a changed or repaired photo makes its shard stale (a cheap stat, no read)."""
+    try:
+        st = os.stat(str(path))
+    except (OSError, ValueError):
+        return "?"
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _sidecar(path: UPath) -> UPath:
@@ -200,7 +214,9 @@ def plan_shards(table: pl.DataFrame, out_dir: str | Path | UPath, spec: ShardSpe
     if spec.shard_size < 1:
         raise ValueError("shard_size must be at least 1")
     out = as_path(out_dir)
-    rows = table.sort("image_id").select("image_id", "city", "lat", "lon", "continent", "seen", "unseen", "path").to_dicts()
+    if "place_id" not in table.columns:
+        table = table.with_columns(place_id=pl.lit(None, dtype=pl.Int64))
+    rows = table.sort("image_id").select("image_id", "city", "lat", "lon", "continent", "seen", "unseen", "place_id", "path").to_dicts()
     jobs = []
     skipped = 0
     n_shards = (len(rows) + spec.shard_size - 1) // spec.shard_size
@@ -234,12 +250,12 @@ def write_shard(job: ShardJob) -> dict[str, object]:
                     "source": path.name,
                     "image_id": r["image_id"],
                     "path": r["path"],
-                    "reason": "corrupt_image",
-                    "detail": f"{type(exc).__name__}: {exc}"[:300],
+                    "reason": exc.reason if isinstance(exc, PhotoRejectedError) else "corrupt_image",
+                    "detail": (exc.detail if isinstance(exc, PhotoRejectedError) else f"{type(exc).__name__}: {exc}")[:300],
                 }
             )
             continue
-        for c in SHARD_COLUMNS[:7]:
+        for c in SHARD_COLUMNS[:8]:
             out[c].append(r[c])
         out["jpeg"].append(framed)
         out["width"].append(spec.width)
@@ -253,6 +269,7 @@ def write_shard(job: ShardJob) -> dict[str, object]:
             "continent": pa.array(out["continent"], pa.string()),
             "seen": pa.array(out["seen"], pa.string()),
             "unseen": pa.array(out["unseen"], pa.string()),
+            "place_id": pa.array(out["place_id"], pa.int64()),
             "jpeg": pa.array(out["jpeg"], pa.binary()),
             "width": pa.array(out["width"], pa.int32()),
             "height": pa.array(out["height"], pa.int32()),
@@ -359,12 +376,3 @@ def iter_shard_rows(path: str | Path | UPath, columns: list[str] | None = None, 
         pf = pq.ParquetFile(fh)
         for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
             yield batch.to_pydict()
-
-
-def read_shard_meta(out_dir: str | Path | UPath) -> pl.DataFrame:
-    """Every column but the JPEG bytes, across all shards (for labels and splits)."""
-    paths = shard_paths(out_dir)
-    if not paths:
-        raise FileNotFoundError(f"no image shards in {out_dir}: run the 'shard' stage first")
-    cols = [c for c in SHARD_COLUMNS if c != "jpeg"]
-    return pl.concat([read_parquet(p, columns=cols) for p in paths])

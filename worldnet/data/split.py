@@ -19,15 +19,17 @@ SPLITS = ("train", "val", "test")
 
 
 def _place_key(df: pl.DataFrame) -> pl.Expr:
-    image = pl.col("image_id")
+    # where no place id is given, photos taken at the very same coordinates (to ~0.1 m) are one place
+    spot = pl.format("@{},{}", pl.col("lat").round(6), pl.col("lon").round(6)) if {"lat", "lon"} <= set(df.columns) else None
+    image = spot if spot is not None else pl.col("image_id")
     place = pl.coalesce(pl.col("place_id").cast(pl.String), image) if "place_id" in df.columns else image
-    return pl.col("city") + "/" + place
+    return pl.col("city").fill_null("") + "/" + place
 
 
 def place_keys(frame: pl.DataFrame) -> np.ndarray:
-    """One key per row naming its place (city and place id; the image itself where no place id is given).
+    """One key per row naming its place: city and place id, or, where no place id is given, its exact coordinates.
 
-    The headings of one location share a key, so a split by key never puts
+    The views of one location share a key, so a split by key never puts
     one view of a place in training and another in validation or test.
     """
     return frame.select(_place_key(frame)).to_series().to_numpy()
@@ -68,7 +70,7 @@ def make_splits(
     """
     if not (0 < test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
         raise ValueError("need 0 < test_fraction, 0 <= val_fraction and test_fraction + val_fraction < 1")
-    df = manifest.select("image_id", "city", "place_id").with_columns(_key=_place_key(manifest))
+    df = manifest.with_columns(_key=_place_key(manifest)).select("image_id", "city", "place_id", "_key")
     train_frac = 1 - test_fraction - val_fraction
     seen_map: dict[str, str] = {}
     for i, city in enumerate(sorted(df["city"].unique().to_list())):

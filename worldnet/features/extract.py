@@ -16,6 +16,8 @@ with the model in DataLoader worker processes on GPU (see
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -41,7 +43,7 @@ from worldnet.io import write_text_atomic, write_with_atomic
 from worldnet.parallel import default_workers
 from worldnet.storage import as_path, load_npy, npy_rows, read_parquet, sorted_glob
 
-LABEL_COLUMNS = ["image_id", "city", "lat", "lon", "continent", "seen", "unseen"]
+LABEL_COLUMNS = ["image_id", "city", "lat", "lon", "continent", "seen", "unseen", "place_id"]
 
 
 def decode_for(spec: BackboneSpec, data: bytes) -> np.ndarray:
@@ -91,16 +93,30 @@ def provenance(shard: UPath, spec: BackboneSpec, flat: bool = False) -> dict[str
 
 
 def _is_done(npy: UPath, index: UPath, n_rows: int, prov: dict[str, object] | None = None) -> bool:
+    """Whether a feature shard is complete, made from this source and view, and byte for byte what was written.
+
+    The sidecar keeps the SHA-256 of the ``.npy`` and the ``.parquet`` as
+    written; a file changed since (a flipped byte still parses) is redone,
+    never trained on. Reading both back costs about a millisecond a shard.
+    """
     if not (npy.is_file() and index.is_file()):
         return False
     try:
+        side = index.with_suffix(".json")
         if prov is not None:
-            side = index.with_suffix(".json")
-            if not side.is_file() or json.loads(side.read_text()) != prov:
+            if not side.is_file():
+                return False
+            recorded = json.loads(side.read_text())
+            content = recorded.pop("content", None)
+            if recorded != prov or content != {"npy": _sha256(npy.read_bytes()), "index": _sha256(index.read_bytes())}:
                 return False
         return read_parquet(index, columns=["image_id"]).height == n_rows and npy_rows(npy) == n_rows
     except Exception:  # noqa: BLE001 - an unreadable leftover is simply redone
         return False
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _select_shards(shards_dir: str | Path | UPath, only: list[str] | None) -> list[UPath]:
@@ -278,14 +294,13 @@ def _write_feature_shard(
         raise RuntimeError(f"feature rows of {shard.name} are out of step with its image ids; rerun the stage")
     feats = np.concatenate(chunks)
     npy, idx = _feature_pair(out, shard)
-    write_with_atomic(npy, lambda tmp: _save_npy(tmp, feats))
-    write_text_atomic(idx.with_suffix(".json"), json.dumps(prov))
-    write_with_atomic(idx, lambda tmp: labels.write_parquet(tmp))
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.save(fh, arr)
+    npy_bytes, idx_bytes = io.BytesIO(), io.BytesIO()
+    np.save(npy_bytes, feats)
+    labels.write_parquet(idx_bytes)
+    content = {"npy": _sha256(npy_bytes.getvalue()), "index": _sha256(idx_bytes.getvalue())}
+    write_with_atomic(npy, lambda tmp: tmp.write_bytes(npy_bytes.getvalue()))
+    write_text_atomic(idx.with_suffix(".json"), json.dumps({**prov, "content": content}))
+    write_with_atomic(idx, lambda tmp: tmp.write_bytes(idx_bytes.getvalue()))
 
 
 FRAME_FILE = "frame.json"

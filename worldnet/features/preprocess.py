@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from worldnet.data.photos import to_rgb8
 from worldnet.features.backbones import BackboneSpec
 
 
@@ -19,7 +20,7 @@ def load_rgb(data: bytes, size: tuple[int, int]) -> Image.Image:
     """
     img = Image.open(io.BytesIO(data))
     img.draft("RGB", (size[1], size[0]))
-    return img.convert("RGB")
+    return to_rgb8(img)  # 16-bit and float images by their real range (worldnet.data.photos), not clipped
 
 
 #: A scaled JPEG decode within this share of the target size on each side is centre-cropped to it, not resampled.

@@ -1,6 +1,9 @@
 """The paper's baselines, each as described there.
 
-* mean model — the spherical mean of the training locations, for every image;
+* mean model — the mean of the training latitudes and longitudes (the paper
+  averages them normalised to 0–1), for every image;
+* best constant — not the paper's: the one point nearest on average to the
+  training photos (their spherical geometric median), the constant to beat;
 * guess model — a seeded random training location per image;
 * random guess — uniform on the sphere;
 * direct regression — frozen backbone + 2×512 ReLU + sigmoid on coordinates
@@ -25,23 +28,70 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldnet.geo.sphere import latlon_to_xyz, spherical_mean, uniform_sphere, xyz_to_latlon
+from worldnet.geo.sphere import latlon_to_xyz, uniform_sphere, xyz_to_latlon
 from worldnet.models.worldnet_model import Standardiser
 
 
 @dataclass
 class MeanModel:
-    """Always predicts the spherical mean of the training locations."""
+    """The paper's mean model: always the mean of the training latitudes and longitudes.
+
+    The paper normalises latitude and longitude to [0, 1] and averages them,
+    which is the plain mean of the degrees. On worldwide data that point is
+    no one's neighbour (often in the sea); :class:`BestConstant` is the
+    constant worth beating.
+    """
 
     lat: float
     lon: float
 
     @classmethod
     def fit(cls, latlon: np.ndarray) -> MeanModel:
-        return cls(*spherical_mean(latlon[:, 0], latlon[:, 1]))
+        if len(latlon) == 0:
+            raise ValueError("the mean model needs at least one training location")
+        return cls(float(np.mean(latlon[:, 0])), float(np.mean(latlon[:, 1])))
 
     def predict(self, n: int) -> np.ndarray:
         return np.tile([self.lat, self.lon], (n, 1))
+
+
+@dataclass
+class BestConstant(MeanModel):
+    """The best constant guess: the point with the least mean great-circle distance to the training photos.
+
+    The spherical geometric median, found by Weiszfeld's iteration in the
+    tangent plane, started from the best of the training locations
+    themselves (so it is never worse than the best single training photo).
+    A model that answers farther than this on average has learned nothing
+    it can use on those photos.
+    """
+
+    @classmethod
+    def fit(cls, latlon: np.ndarray, n_iter: int = 100, max_candidates: int = 2000) -> BestConstant:
+        if len(latlon) == 0:
+            raise ValueError("the best constant needs at least one training location")
+        xyz = latlon_to_xyz(latlon[:, 0], latlon[:, 1])
+        rng = np.random.default_rng(0)
+        cand = xyz if len(xyz) <= max_candidates else xyz[rng.choice(len(xyz), max_candidates, replace=False)]
+        cost = np.arccos(np.clip(cand @ xyz.T, -1, 1)).mean(axis=1)
+        x = cand[int(np.argmin(cost))].copy()
+        for _ in range(n_iter):
+            d = np.arccos(np.clip(xyz @ x, -1, 1))
+            w = 1.0 / np.maximum(d, 1e-9)
+            # the weighted mean direction of the points, each weighted by 1/distance, moves x toward the median
+            new = (w[:, None] * xyz).sum(0)
+            norm = np.linalg.norm(new)
+            if norm < 1e-12:
+                break
+            new /= norm
+            if np.arccos(np.clip(new @ x, -1, 1)).mean() < 1e-10:
+                x = new
+                break
+            if np.arccos(np.clip(xyz @ new, -1, 1)).mean() > np.arccos(np.clip(xyz @ x, -1, 1)).mean():
+                break
+            x = new
+        lat, lon = float(np.degrees(np.arcsin(np.clip(x[2], -1, 1)))), float(np.degrees(np.arctan2(x[1], x[0])))
+        return cls(lat, lon)
 
 
 def guess_model(train_latlon: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

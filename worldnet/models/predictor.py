@@ -2,7 +2,9 @@
 
 Bundles the backbone name, the trained worldNET (standardiser, classifier,
 interpolation head, centroids) and the land-snap setting in one ``.pt`` file,
-loaded with ``weights_only=True``.
+loaded with ``weights_only=True``. Several photos of one place answer once:
+their distributions over the centroids are combined (:func:`combine_views`)
+before the head (:meth:`Predictor.answer_place`).
 """
 
 from __future__ import annotations
@@ -214,7 +216,13 @@ def open_image(path: str | Path) -> Image.Image:
         raise
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
         raise ImageInputError(f"{p}: not a readable image ({type(exc).__name__}: {exc})") from exc
-    return img.convert("RGB")
+    from worldnet.data.photos import PhotoRejectedError, check_photo_size, to_rgb8  # the shard stage's own decoding
+
+    try:
+        check_photo_size(img)
+        return to_rgb8(img)  # 16-bit and float photos by their real range, not clipped
+    except PhotoRejectedError as exc:
+        raise ImageInputError(f"{p}: {exc}") from exc
 
 
 #: Largest photo a client may send, by default (``worldnet serve --max-upload-mb``).
@@ -242,6 +250,43 @@ class PhotoAnswer:
         return base
 
 
+@dataclass
+class PlaceAnswer:
+    """Several photos of one place and their one answer.
+
+    ``status`` is ``ok`` (with ``prediction``, from the readable views'
+    combined distribution) or ``no_readable_view``; ``views`` holds each
+    photo's own :class:`PhotoAnswer`, bad ones with their status.
+    """
+
+    name: str
+    status: str
+    error: str
+    prediction: Prediction | None
+    views: list[PhotoAnswer]
+
+    @property
+    def used(self) -> list[str]:
+        """The photos the answer combines."""
+        return [v.name for v in self.views if v.status == "ok"]
+
+    def as_dict(self, views: bool = True) -> dict[str, object]:
+        """The place as JSON-ready fields: counts, the photos used, the answer; each photo's own answer too if ``views``."""
+        base: dict[str, object] = {
+            "name": self.name,
+            "status": self.status,
+            "error": self.error,
+            "n_photos": len(self.views),
+            "n_views": len(self.used),
+            "views_used": self.used,
+        }
+        if self.prediction is not None:
+            base.update({k: v for k, v in self.prediction.as_dict().items() if k != "path"})
+        if views:
+            base["views"] = [v.as_dict() for v in self.views]
+        return base
+
+
 def photo_problem(data: bytes, max_bytes: int = MAX_PHOTO_BYTES) -> tuple[str, str] | None:
     """``(status, message)`` if ``data`` cannot be a photo worth decoding, before any decoding; else ``None``."""
     if not data:
@@ -255,10 +300,88 @@ def photo_problem(data: bytes, max_bytes: int = MAX_PHOTO_BYTES) -> tuple[str, s
 
 def _decode_problem(exc: Exception) -> tuple[str, str]:
     """A decoder failure as ``(status, one-line message)``: never a stack trace, never a server path."""
+    from worldnet.data.photos import PhotoRejectedError
+
+    if isinstance(exc, PhotoRejectedError):
+        return exc.reason, exc.detail
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, Image.DecompressionBombError) or "pixel limit" in text or "decompression bomb" in text.lower():
         return "too_many_pixels", f"the photo has too many pixels to decode safely (limit {MAX_PIXELS:,})"
     return "corrupt_image", f"the photo could not be decoded (truncated or damaged): {type(exc).__name__}"
+
+
+def _predictions(model: WorldNet, latlon: np.ndarray, probs: np.ndarray, names: list[str], top_k: int, snap: bool) -> list[Prediction]:
+    """Coordinates from the head (snapped to land if ``snap``) and distributions as :class:`Prediction` rows."""
+    moved = np.zeros(len(latlon))
+    if snap:
+        s = snap_to_land(latlon[:, 0], latlon[:, 1])
+        latlon = np.stack([s.lat, s.lon], 1)
+        moved = s.moved_km
+    countries = country_of(latlon[:, 0], latlon[:, 1])
+    continents = continent_of(latlon[:, 0], latlon[:, 1])
+    out = []
+    for i, name in enumerate(names):
+        top = np.argsort(-probs[i])[:top_k]
+        out.append(
+            Prediction(
+                name,
+                float(latlon[i, 0]),
+                float(latlon[i, 1]),
+                str(countries[i]),
+                str(continents[i]),
+                [(model.centroid_names[j], float(probs[i, j])) for j in top],
+                float(moved[i]),
+            )
+        )
+    return out
+
+
+def predict_distributions(model: WorldNet, probs: np.ndarray, names: list[str], *, top_k: int = 3, snap: bool = True) -> list[Prediction]:
+    """Answers for (N, K) distributions over ``model``'s centroids: its interpolation head, then land snapping.
+
+    No backbone needed: ``predict-batch`` answers its places from the
+    distributions its shards stored.
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim != 2 or probs.shape[1] != len(model.centroid_names):
+        raise ValueError(f"expected distributions over {len(model.centroid_names)} centroids, got shape {probs.shape}")
+    with torch.no_grad():
+        latlon = model.head(torch.from_numpy(probs)).numpy().astype(np.float64)
+    return _predictions(model, latlon, probs, names, top_k, snap)
+
+
+#: The smallest probability a view's distribution counts with when views are combined: the floor the head's own log uses.
+VIEW_FLOOR = 1e-8
+
+
+def combine_views(probs: np.ndarray) -> np.ndarray:
+    """One place's (V, K) per-view distributions over the centroids → one distribution: their normalised geometric mean.
+
+    ``p(k) ∝ (∏ᵥ pᵥ(k))^(1/V)``, i.e. the softmax of the mean log-probability:
+    a product of experts, one expert per view. Views of one place are looks at
+    the same spot, so a centroid is likely only where every view allows it: a
+    street sign that says Spain and a skyline that could be Madrid or Bangkok
+    agree on Madrid. The mean of probabilities (a mixture) would instead keep
+    both hypotheses, and the interpolation head, a weighted spherical mean of
+    the centroids, puts a two-peaked distribution between its peaks, where
+    neither view put the photo. The V-th root keeps the combined distribution
+    about as sharp as one view's, which is what the head was trained on; the
+    plain product would grow more confident with every view added.
+
+    Each probability counts at least :data:`VIEW_FLOOR` (the floor of the
+    head's own ``log p``), so one view that all but rules a centroid out
+    lowers it by a bounded amount rather than vetoing it. One view is its own
+    distribution, returned unchanged (a place of one photo answers exactly as
+    the photo does).
+    """
+    p = np.asarray(probs)
+    if p.ndim != 2 or len(p) == 0:
+        raise ValueError(f"expected (views, centroids) distributions, got shape {p.shape}")
+    if len(p) == 1:
+        return p[0].copy()
+    log_mean = np.log(np.maximum(p.astype(np.float64), VIEW_FLOOR)).mean(axis=0)
+    w = np.exp(log_mean - log_mean.max())
+    return (w / w.sum()).astype(p.dtype)
 
 
 class Predictor:
@@ -312,42 +435,33 @@ class Predictor:
         return out.astype(np.float16).astype(np.float32)
 
     def predict_features(self, X: np.ndarray, names: list[str], top_k: int = 3) -> list[Prediction]:
+        return self.predict_with_probs(X, names, top_k)[0]
+
+    def predict_with_probs(self, X: np.ndarray, names: list[str], top_k: int = 3) -> tuple[list[Prediction], np.ndarray]:
+        """:meth:`predict_features`, and the (N, K) classifier distributions the answers came from (to combine views later)."""
         latlon, probs = self.model.predict(X)
-        moved = np.zeros(len(latlon))
-        if self.snap:
-            s = snap_to_land(latlon[:, 0], latlon[:, 1])
-            latlon = np.stack([s.lat, s.lon], 1)
-            moved = s.moved_km
-        countries = country_of(latlon[:, 0], latlon[:, 1])
-        continents = continent_of(latlon[:, 0], latlon[:, 1])
-        out = []
-        for i, name in enumerate(names):
-            top = np.argsort(-probs[i])[:top_k]
-            out.append(
-                Prediction(
-                    name,
-                    float(latlon[i, 0]),
-                    float(latlon[i, 1]),
-                    str(countries[i]),
-                    str(continents[i]),
-                    [(self.model.centroid_names[j], float(probs[i, j])) for j in top],
-                    float(moved[i]),
-                )
-            )
-        return out
+        return _predictions(self.model, latlon, probs, names, top_k, self.snap), probs
+
+    def predict_distributions(self, probs: np.ndarray, names: list[str], top_k: int = 3) -> list[Prediction]:
+        """Answers for (N, K) distributions over the centroids (a place's :func:`combine_views`): head, then land snap."""
+        return predict_distributions(self.model, probs, names, top_k=top_k, snap=self.snap)
 
     def features(self, photos: list[bytes]) -> np.ndarray:
         """Backbone features of encoded photos, through the training path (:func:`frame_photo`, then the model's decode)."""
         spec = self.backbone.spec
         return self.embed(np.stack([decode_for(spec, frame_photo(b, self.shard_spec)) for b in photos]))
 
-    def answer(self, photos: list[bytes], names: list[str], top_k: int = 3, max_bytes: int = MAX_PHOTO_BYTES) -> list[PhotoAnswer]:
-        """Geolocate encoded photos one answer each: a bad photo gets its status, the others their predictions."""
-        answers = [PhotoAnswer(n, "ok") for n in names]
+    def _decode(self, answers: list[PhotoAnswer], photos: list[bytes], max_bytes: int) -> tuple[list[np.ndarray], list[int]]:
+        """Each photo framed and decoded for the backbone, and the indices of those that were; a bad one gets its status.
+
+        A photo whose answer is already not ``ok`` (a file that could not be read) is skipped.
+        """
         framed: list[np.ndarray] = []
         good: list[int] = []
         spec = self.backbone.spec
         for i, data in enumerate(photos):
+            if answers[i].status != "ok":
+                continue
             problem = photo_problem(data, max_bytes)
             if problem is None:
                 try:
@@ -357,11 +471,52 @@ class Predictor:
                 except Exception as exc:  # noqa: BLE001 - every decoder failure is this photo's answer, not a crash
                     problem = _decode_problem(exc)
             answers[i].status, answers[i].error = problem
+        return framed, good
+
+    def answer(self, photos: list[bytes], names: list[str], top_k: int = 3, max_bytes: int = MAX_PHOTO_BYTES) -> list[PhotoAnswer]:
+        """Geolocate encoded photos one answer each: a bad photo gets its status, the others their predictions."""
+        answers = [PhotoAnswer(n, "ok") for n in names]
+        framed, good = self._decode(answers, photos, max_bytes)
         if good:
             X = self.embed(np.stack(framed))
             for i, pred in zip(good, self.predict_features(X, [names[i] for i in good], top_k), strict=True):
                 answers[i].prediction = pred
         return answers
+
+    def answer_place(
+        self, photos: list[bytes], names: list[str], top_k: int = 3, max_bytes: int = MAX_PHOTO_BYTES, place: str = "place"
+    ) -> PlaceAnswer:
+        """Several photos of one place, one answer: the views' distributions combined (:func:`combine_views`).
+
+        Each photo also gets its own answer, exactly as :meth:`answer` gives it
+        (``PlaceAnswer.views``); a bad photo is left out of the place with its
+        status, and a place with no readable photo has status ``no_readable_view``.
+        """
+        views = [PhotoAnswer(n, "ok") for n in names]
+        return self._answer_place(place, views, photos, top_k, max_bytes)
+
+    def predict_place(self, paths: list[str], top_k: int = 3, place: str = "place") -> PlaceAnswer:
+        """:meth:`answer_place` for photo files: a file that is missing or no image is a view with status ``unreadable``."""
+        views = [PhotoAnswer(str(p), "ok") for p in paths]
+        photos: list[bytes] = []
+        for view, path in zip(views, paths, strict=True):
+            try:
+                photos.append(read_photo(path))
+            except ImageInputError as exc:
+                view.status, view.error = "unreadable", str(exc)
+                photos.append(b"")
+        return self._answer_place(place, views, photos, top_k, max([MAX_PHOTO_BYTES, *(len(b) for b in photos)]))
+
+    def _answer_place(self, place: str, views: list[PhotoAnswer], photos: list[bytes], top_k: int, max_bytes: int) -> PlaceAnswer:
+        framed, good = self._decode(views, photos, max_bytes)
+        if not good:
+            why = "; ".join(f"{v.name}: {v.status}" for v in views) or "no photos given"
+            return PlaceAnswer(place, "no_readable_view", f"no photo of the place could be read ({why})", None, views)
+        preds, probs = self.predict_with_probs(self.embed(np.stack(framed)), [views[i].name for i in good], top_k)
+        for i, pred in zip(good, preds, strict=True):
+            views[i].prediction = pred
+        (combined,) = self.predict_distributions(combine_views(probs)[None], [place], top_k)
+        return PlaceAnswer(place, "ok", "", combined, views)
 
     def predict_paths(self, paths: list[str], top_k: int = 3) -> list[Prediction]:
         """Geolocate photo files (raises :class:`ImageInputError` for a bad one)."""

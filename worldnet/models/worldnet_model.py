@@ -1,11 +1,10 @@
 """worldNET: a centroid classifier, then an interpolation head over its distribution.
 
 1. :class:`CentroidClassifier` — on frozen backbone features, predicting a
-   distribution over the K cluster centroids (cross-entropy). ``linear``
-   (the default, see :mod:`worldnet.models.linear`): PCA whitening, then
-   softmax regression on haversine-smoothed targets, fitted by L-BFGS;
-   ``mlp`` (the paper's): a one-hidden-layer MLP, early-stopped on validation
-   accuracy.
+   distribution over the K cluster centroids (cross-entropy). ``mlp`` (the
+   default, the paper's): a one-hidden-layer MLP, early-stopped on validation
+   accuracy; ``linear`` (see :mod:`worldnet.models.linear`): PCA whitening,
+   then softmax regression on haversine-smoothed targets, fitted by L-BFGS.
 2. :class:`InterpolationHead` — with the classifier frozen, a 2-layer ReLU MLP
    maps the K probabilities to K logits → softmax weights; the prediction is the
    *spherical* composition of the centroids (normalise Σ wₖ·xyz(cₖ)), trained
@@ -30,7 +29,8 @@ log-probability skip) pulls it towards the generic head ``softmax(τ·log p + b)
 learnable from a handful of cities. At the default strength (AdamW decay 100 at
 learning rate 3e-3 shrinks those weights by 30% a step) the MLP's weights all
 but vanish and the head is essentially that generic form; the strength was
-chosen on city-grouped cross-validation of the synthetic world (see README).
+chosen on city-grouped cross-validation of the synthetic world (see
+docs/method.md, "Head modes on the synthetic world and OSV-5M").
 """
 
 from __future__ import annotations
@@ -86,6 +86,11 @@ class TrainConfig:
     head_weight_decay: float = 0.0
     crossfit_weight_decay: float = 100.0
     crossfit_folds: int = 5
+    #: crossfit on seen places: also fit the head on folds that hold out whole groups, so that it learns how far to
+    #: trust the classifier on photos of a country or city it never saw (twice the fold classifiers).
+    calibrate_on_groups: bool = False
+    #: Weiszfeld steps from the head's weighted mean toward the weighted geometric median (0: the paper's mean; see :func:`compose`).
+    median_steps: int = 0
     seed: int = 0
 
 
@@ -193,30 +198,70 @@ class InterpolationHead(nn.Module):
 
     centroid_xyz: torch.Tensor
 
-    def __init__(self, centroids_latlon: np.ndarray, hidden: int = 128):
+    median_steps: torch.Tensor
+
+    def __init__(self, centroids_latlon: np.ndarray, hidden: int = 128, median_steps: int = 0):
         super().__init__()
         k = len(centroids_latlon)
+        #: 0: the paper's composition (the normalised weighted mean); n: n Weiszfeld steps on from it toward the
+        #: weighted geometric median, the point of least expected distance (see :func:`compose`). Saved with the head.
+        self.register_buffer("median_steps", torch.tensor(int(median_steps)))
         self.register_buffer(
             "centroid_xyz", torch.tensor(latlon_to_xyz(centroids_latlon[:, 0], centroids_latlon[:, 1]), dtype=torch.float32)
         )
         self.mlp = nn.Sequential(nn.Linear(k, hidden), nn.ReLU(), nn.Linear(hidden, k))
         self.temperature = nn.Parameter(torch.tensor(1.0))
+        #: How much more the head trusts a confident distribution than an unsure one (0: the same; see :meth:`trust`).
+        self.temperature_slope = nn.Parameter(torch.tensor(0.0))
+
+    def trust(self, probs: torch.Tensor) -> torch.Tensor:
+        """(N, 1) temperature on the classifier's log-probabilities, growing with its confidence (its top probability).
+
+        A photo unlike the training photos (another collection, a country never
+        seen) gets a flat, unsure distribution; with a lower temperature there,
+        the head falls back on its prior (the MLP's bias: where photos are a
+        priori) instead of following a guess far away. Learned on out-of-fold
+        probabilities, where the classifier's confidence is as honest as at test.
+        """
+        conf = probs.max(dim=-1, keepdim=True).values
+        # a negative temperature would mean "trust what the classifier rules out": on crossfit rows, whose
+        # own city the fold classifier never saw, that fits the training rows and fails on every test photo
+        return (self.temperature + self.temperature_slope * (conf - 0.5)).clamp_min(0.0)
 
     def weights(self, probs: torch.Tensor) -> torch.Tensor:
         """Softmax weights over centroids; starts close to the classifier's own distribution."""
-        # a negative temperature would mean "trust what the classifier rules out": on crossfit rows, whose
-        # own city the fold classifier never saw, that fits the training rows and fails on every test photo
-        logits = self.mlp(probs) + torch.log(probs.clamp_min(1e-8)) * self.temperature.clamp_min(0.0)
+        logits = self.mlp(probs) + torch.log(probs.clamp_min(1e-8)) * self.trust(probs)
         return torch.softmax(logits, dim=-1)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # heads saved before the confidence slope existed trust every distribution alike
+        state_dict.setdefault(prefix + "temperature_slope", torch.tensor(0.0))
+        state_dict.setdefault(prefix + "median_steps", torch.tensor(0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, probs: torch.Tensor) -> torch.Tensor:
-        return compose(self.weights(probs), self.centroid_xyz)
+        return compose(self.weights(probs), self.centroid_xyz, int(self.median_steps))
 
 
-def compose(weights: torch.Tensor, centroid_xyz: torch.Tensor) -> torch.Tensor:
-    """(lat, lon) in degrees of the normalised weighted sum of centroid unit vectors."""
+def compose(weights: torch.Tensor, centroid_xyz: torch.Tensor, median_steps: int = 0) -> torch.Tensor:
+    """(lat, lon) in degrees of the normalised weighted sum of centroid unit vectors, then ``median_steps`` toward the median.
+
+    The weighted mean of unit vectors is the paper's composition; when the
+    weights spread over several continents it lands between them, often in an
+    ocean nobody photographs. The weighted geometric median is the point of
+    least expected great-circle distance under those weights: spread weights
+    give the centroid nearest the bulk of them, not the middle of the
+    Atlantic. Each Weiszfeld step reweights every centroid by 1/distance
+    and renormalises; a few steps from the mean suffice, and all stay
+    differentiable, so the head trains through them.
+    """
     v = weights @ centroid_xyz
     v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    for _ in range(median_steps):
+        d = torch.arccos((v @ centroid_xyz.T).clamp(-1 + 1e-6, 1 - 1e-6))
+        w = weights / d.clamp_min(1e-3)
+        v = w @ centroid_xyz
+        v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-9)
     lat = torch.rad2deg(torch.asin(v[:, 2].clamp(-1, 1)))
     lon = torch.rad2deg(torch.atan2(v[:, 1], v[:, 0]))
     return torch.stack([lat, lon], dim=-1)
@@ -411,7 +456,7 @@ def _train_head(
     probs: torch.Tensor, target_latlon: np.ndarray, centroids_latlon: np.ndarray, cfg: TrainConfig, weight_decay: float
 ) -> tuple[InterpolationHead, list[float]]:
     torch.manual_seed(cfg.seed)
-    head = InterpolationHead(centroids_latlon, cfg.head_hidden)
+    head = InterpolationHead(centroids_latlon, cfg.head_hidden, cfg.median_steps)
     t = torch.tensor(target_latlon, dtype=torch.float32)
     _start_at_best_temperature(head, probs, t)
     decayed: list[nn.Parameter] = []
@@ -586,8 +631,13 @@ def fit_interpolation(
     centroid_names: list[str],
     mode: str = "in_sample",
     cfg: TrainConfig | None = None,
+    outer_groups: np.ndarray | None = None,
 ) -> WorldNet:
-    """Stage 2: with the classifier frozen, train the interpolation head (see module docs for ``mode``)."""
+    """Stage 2: with the classifier frozen, train the interpolation head (see module docs for ``mode``).
+
+    ``outer_groups`` (crossfit with ``cfg.calibrate_on_groups``): coarser groups (cities, countries) whose
+    held-out folds add a second copy of the training rows, scored by classifiers that never saw their group.
+    """
     _check_head_mode(mode)
     cfg = cfg or TrainConfig()
     k = len(centroids_latlon)
@@ -595,6 +645,9 @@ def fit_interpolation(
     if mode == "crossfit":
         targets = classifier_targets(latlon_train, centroids_latlon, y_train, cfg)
         probs = crossfit_probs(Xt, y_train, groups_train, k, cfg, targets, trained_epochs(fit))
+        if cfg.calibrate_on_groups and outer_groups is not None and len(set(outer_groups.tolist())) >= 2:
+            outer = crossfit_probs(Xt, y_train, outer_groups, k, cfg, targets, trained_epochs(fit))
+            probs, latlon_train = torch.cat([probs, outer]), np.concatenate([latlon_train, latlon_train])
         weight_decay = cfg.crossfit_weight_decay
     else:
         probs, weight_decay = predict_proba(fit.classifier, Xt), cfg.head_weight_decay
