@@ -96,15 +96,29 @@ def synth(
     preview: Annotated[Path | None, typer.Option(help="Also write a contact sheet PNG (one row per city).")] = None,
 ) -> None:
     """Generate the synthetic GSV-Cities world (official layout, geography-driven scenes)."""
-    from worldnet.data.synthetic import SynthConfig, contact_sheet, generate
+    from worldnet.data.cities import resolve_cities
+    from worldnet.data.synthetic import MAX_SIDE, MIN_SIDE, SynthConfig, contact_sheet, generate
 
     try:
         w, h = (int(v) for v in size.lower().split("x"))
     except ValueError:
-        raise typer.BadParameter(f"--size must look like 400x300, got {size!r}") from None
-    s = generate(
-        SynthConfig(out=out, cities=cities, extra_cities=extra_cities, per_city=per_city, size=(w, h), seed=seed, eurocentric=not balanced)
-    )
+        raise _fail(f"--size must look like 400x300, got {size!r}") from None
+    if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
+        raise _fail(f"--size {size}: each side must be from {MIN_SIDE} to {MAX_SIDE} px")
+    if per_city < 1:
+        raise _fail(f"--per-city {per_city}: give at least 1 image per city")
+    try:
+        resolve_cities(cities, extra=extra_cities)
+    except ValueError as exc:
+        raise _fail(f"--cities: {exc}") from None
+    try:
+        s = generate(
+            SynthConfig(
+                out=out, cities=cities, extra_cities=extra_cities, per_city=per_city, size=(w, h), seed=seed, eurocentric=not balanced
+            )
+        )
+    except _user_errors() as exc:
+        raise _user_error(exc) from None
     typer.echo(f"wrote {s.n_images} images of {len(s.images_per_city)} cities to {out} in {s.seconds:.1f}s")
     if preview:
         typer.echo(f"contact sheet: {contact_sheet(out, preview)}")
@@ -146,8 +160,68 @@ def _config(
 #: Errors that mean "the input or an option is wrong": one line, exit 2, no traceback (``--debug`` shows it).
 def _user_errors() -> tuple[type[BaseException], ...]:
     from tasks.records import RootBusyError
+    from tasks.store_check import DamagedStoreError
 
-    return (ValueError, FileNotFoundError, KeyError, RootBusyError)  # WeightsNotFoundError is a FileNotFoundError
+    # WeightsNotFoundError is a FileNotFoundError; DamagedStoreError (a damaged MLflow store) is a ValueError, named here to say so
+    return (ValueError, FileNotFoundError, KeyError, RootBusyError, DamagedStoreError)
+
+
+def _store_file(root: str) -> Path | None:
+    """The SQLite file of the MLflow store a run on ``root`` opens (None when ``MLFLOW_TRACKING_URI`` names another kind).
+
+    As :func:`tasks.tracking.tracking_root` places it, without importing MLflow.
+    """
+    import os
+
+    from tasks.store_check import sqlite_path
+    from worldnet.storage import is_local, local_path
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return sqlite_path(uri)
+    return (local_path(root) if is_local(root) else Path(".worldnet")) / "mlflow.db"
+
+
+def _environment_error(exc: BaseException, root: str, store: Path | None = None) -> tuple[str, int] | None:
+    """A failure of the machine or its set-up, not of worldnet or its input: (one line, exit code), else None.
+
+    Matched along the exception's causes by errno, class name or SQLite's message, so that neither SQLAlchemy
+    nor botocore need be imported: a full disk (exit 1), missing object-store credentials or a store SQLite
+    cannot read (exit 2).
+    """
+    import errno
+
+    from worldnet.storage import is_local
+
+    where = f"the MLflow store {store}" if store is not None else "the MLflow store"
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and all(e is not c for c in chain):
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        text = str(e)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            path = e.filename or root
+            return f"no space left on the disk holding {path}: free some (or choose another --root) and rerun; finished stages are kept", 1
+        if "database or disk is full" in text or (type(e).__name__ == "OperationalError" and "disk is full" in text):
+            return f"no space left on the disk holding {where}: free some and rerun; finished stages are kept", 1
+        if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError") or "Unable to locate credentials" in text:
+            url = root if not is_local(root) else "the s3:// paths given"
+            return f"no credentials for {url}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile (AWS_PROFILE)", 2
+        if "database disk image is malformed" in text or "file is not a database" in text:
+            aside = f" (mv {store} {store}.bad)" if store is not None else ""
+            return f"{where} is damaged (SQLite cannot read it): move it aside{aside} and rerun; the catalog's artifacts are kept", 2
+    return None
+
+
+def _fail_environment(exc: Exception, root: str, store: Path | None, debug: bool) -> typer.Exit:
+    """``exc`` as its one line and exit code if it is an environment failure (:func:`_environment_error`); else re-raised."""
+    found = None if debug else _environment_error(exc, root, store)
+    if found is None:
+        raise exc
+    typer.echo(f"error: {found[0]}", err=True)
+    return typer.Exit(found[1])
 
 
 class _HideUserErrorTracebacks(logging.Filter):
@@ -155,7 +229,7 @@ class _HideUserErrorTracebacks(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and isinstance(exc, _user_errors()):
+        if exc is not None and (isinstance(exc, _user_errors()) or _environment_error(exc, ".") is not None):
             return False
         # "Finished in state Failed(...)": the same error again; the CLI prints it (and a crash still has its traceback)
         return not (record.levelno >= logging.ERROR and "Finished in state Failed" in record.getMessage())
@@ -406,6 +480,11 @@ def run(
         _check_engine(engine, device)
         _check_view(input_height, flip)
         _check_classifier(classifier, members, feature_power)
+        store = _store_file(root)
+        if store is not None:
+            from tasks.store_check import check_sqlite_store
+
+            check_sqlite_store(store)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     data_roots = data_root or [Path(".worldnet/data/synthetic")]
@@ -456,9 +535,20 @@ def run(
         _quiet_prefect_user_errors()
     start_guard()
     try:
+        if data_root is None and (only is not None or from_stage is not None):
+            # a stage of a finished run: the data its ingest record names, not the default dataset
+            from tasks.records import recorded_data_root
+
+            recorded = recorded_data_root(root)
+            if recorded is not None:
+                cfg.data_root = recorded
+                shown = recorded if isinstance(recorded, str) else ", ".join(recorded)
+                typer.echo(f"data root: {shown} (as the ingest record under {root} says; --data-root to change it)")
         result = run_pipeline(cfg, task_runner=runner, from_stage=from_stage, only=only, wait_lock=wait_lock)
     except _user_errors() as exc:
         raise _user_error(exc, debug) from None
+    except Exception as exc:  # noqa: BLE001 - a full disk or missing credentials is one line; anything else re-raised
+        raise _fail_environment(exc, root, store, debug) from None
     _print_results(result, cfg.tracking_root())
 
 
@@ -480,8 +570,14 @@ def demo(
     # the rendered world's flat shapes and per-image noise read best at Lite0's ImageNet height (seen cities 290 km at
     # 224 px against 476 at 300, docs/method.md); real Street View reads best at the run default, 300
     cfg = _config(data, root, backbone, None, "gsv_cities", False, "auto", "city", 23, 0, None, input_height=SYNTHETIC_INPUT_HEIGHT)
+    _quiet_prefect_user_errors()
     start_guard()
-    result = pipeline(cfg)
+    try:
+        result = pipeline(cfg)
+    except _user_errors() as exc:
+        raise _user_error(exc) from None
+    except Exception as exc:  # noqa: BLE001 - a full disk is one line; anything else re-raised
+        raise _fail_environment(exc, str(root), _store_file(str(root)), False) from None
     _print_results(result, root)
     stage_total = sum(result.get("timings", {}).values())
     total = time.perf_counter() - t0
@@ -681,6 +777,10 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="Largest photo accepted, MB.")] = 20.0,
     max_photos: Annotated[int, typer.Option(help="Most photos in one request.")] = 16,
+    max_request_megapixels: Annotated[
+        float,
+        typer.Option(help="Most megapixels one request may decode, all its photos together (JPEGs count at their draft scale)."),
+    ] = 100.0,
     engine: EngineOption = "auto",
     debug: Annotated[bool, typer.Option(help="Show the full traceback of an error.")] = False,
 ) -> None:
@@ -688,6 +788,8 @@ def serve(
 
     The model is loaded once. Try it:  curl -F file=@photo.jpg http://127.0.0.1:8000/predict
     """
+    import math
+
     from flows.serve import ServeLimits, serve
     from worldnet.catalog import Catalog
     from worldnet.models.predictor import Predictor
@@ -696,8 +798,13 @@ def serve(
         _check_engine(engine, "cpu")
         if not 0 < port < 65536:
             raise ValueError(f"--port {port} is not a port; choose 1-65535")
-        if max_upload_mb <= 0 or max_photos < 1:
-            raise ValueError("--max-upload-mb and --max-photos must be positive")
+        if not (math.isfinite(max_upload_mb) and max_upload_mb > 0):
+            raise ValueError(f"--max-upload-mb {max_upload_mb}: choose a finite number of MB > 0 (default 20)")
+        if max_photos < 1:
+            raise ValueError(f"--max-photos {max_photos}: accept at least 1 photo per request")
+        if not (math.isfinite(max_request_megapixels) and max_request_megapixels > 0):
+            raise ValueError(f"--max-request-megapixels {max_request_megapixels}: choose a finite number of megapixels > 0 (default 100)")
+        _check_port(host, port)  # before the model loads: a busy port is answered in a second
         if model.startswith("models:/"):
             from tasks.tracking import registry_label, registry_model_file
 
@@ -707,9 +814,41 @@ def serve(
         predictor = Predictor.load(model_path, engine=engine, graphs_dir=Catalog.from_yaml(root).path("onnx_graphs"))
     except _user_errors() as exc:
         raise _user_error(exc, debug) from None
-    limits = ServeLimits(max_photo_bytes=int(max_upload_mb * 2**20), max_photos=max_photos)
+    limits = ServeLimits(
+        max_photo_bytes=int(max_upload_mb * 2**20), max_photos=max_photos, max_request_pixels=max(1, int(max_request_megapixels * 1e6))
+    )
     typer.echo(f"serving {label} ({predictor.engine}) on http://{host}:{port}/  (POST /predict, GET /health; Ctrl-C stops)")
     serve(predictor, label, host=host, port=port, limits=limits)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind ``host:port`` and let it go, as the server will bind it (``SO_REUSEADDR``, every address ``host`` names).
+
+    Raises:
+        ValueError: The port is in use, needs privileges, or ``host`` is no address of this machine.
+    """
+    import errno
+    import socket
+
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise ValueError(f"--host {host} is not an address: give one such as 127.0.0.1, or 0.0.0.0 for other hosts") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio's server does: IPv6 apart from IPv4
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ValueError(f"port {port} on {host} is in use: choose another --port") from None
+                if exc.errno == errno.EACCES:
+                    raise ValueError(f"port {port} on {host} needs privileges: choose a --port above 1023") from None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise ValueError(f"--host {host} is not an address of this machine: try 127.0.0.1 or 0.0.0.0") from None
+                raise ValueError(f"cannot listen on port {port} on {host} ({exc.strerror}): choose another --port or --host") from None
 
 
 @app.command("predict-batch")
@@ -783,6 +922,8 @@ def predict_batch_cmd(
         )
     except _user_errors() as exc:
         raise _user_error(exc) from None
+    except Exception as exc:  # noqa: BLE001 - a full disk or missing credentials is one line; anything else re-raised
+        raise _fail_environment(exc, root, _store_file(root), False) from None
     typer.echo(f"predicted {out['predicted']} of {out['photos']} photos -> {out['predictions']}")
     if "places_file" in out:
         empty = f", {out['places_without_views']} with no readable photo" if out["places_without_views"] else ""

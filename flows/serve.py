@@ -11,11 +11,21 @@ one-line reason (never a stack trace, never a server path): see
 :func:`status_for`. One bad photo among several gets its own status beside the
 others' answers (HTTP 200); a request whose every photo fails gets that
 failure's status.
+
+A request is answered in two steps (:func:`decode_request`, then the model).
+Decoding needs no model, so requests decode at once, each on a thread of its
+own, and only the forward pass takes the model lock: a request of sixteen
+huge PNGs never holds up someone else's one photo while it decodes. What one
+request may decode is bounded (``ServeLimits.max_request_pixels``, read from
+the photos' headers before any decoding: over it, 413), and after a large
+request the freed heap goes back to the system (:func:`release_free_memory`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from worldnet.models.predictor import MAX_PHOTO_BYTES, PhotoAnswer, PlaceAnswer, Predictor
+from worldnet.models.predictor import MAX_PHOTO_BYTES, DecodedPhotos, PhotoAnswer, PlaceAnswer, Predictor
 
 PAGE = Path(__file__).with_name("web") / "index.html"
 
@@ -47,6 +57,14 @@ STATUS_CODES = {
 PLACE_VALUES = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False, "": False}
 
 
+#: Pixels one request may decode, by default (``worldnet serve --max-request-megapixels``): a 60 MP photo and then some,
+#: or sixteen 6 MP PNGs; JPEGs count at the reduced scale they decode at (:func:`~worldnet.models.predictor.decoded_pixels`).
+MAX_REQUEST_PIXELS = 100_000_000
+
+#: A request that decoded at least this many pixels hands the freed heap back to the system when done (:func:`release_free_memory`).
+TRIM_AFTER_PIXELS = 16_000_000
+
+
 @dataclass(frozen=True)
 class ServeLimits:
     """What one request may carry."""
@@ -54,6 +72,7 @@ class ServeLimits:
     max_photo_bytes: int = MAX_PHOTO_BYTES
     max_photos: int = 16
     top_k: int = 3
+    max_request_pixels: int = MAX_REQUEST_PIXELS
 
 
 class ClientError(Exception):
@@ -72,6 +91,50 @@ def status_for(answers: list[PhotoAnswer]) -> int:
 
 
 @lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library is another (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim  # type: ignore[no-any-return]
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    A full-size decoding is freed as soon as the photo is framed, but glibc
+    keeps the pages in its per-thread arenas, so without this the server's
+    resident memory would stay at the peak of its largest request.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def decode_request(predictor: Predictor, photos: list[bytes], names: list[str], limits: ServeLimits) -> DecodedPhotos:
+    """A request's photos decoded for the model, with no lock held: requests decode at once, each on its own thread.
+
+    A request whose photos would decode more than ``limits.max_request_pixels``
+    (read from their headers) is refused, a 413 :class:`ClientError`, before any
+    photo is decoded. After a request that decoded :data:`TRIM_AFTER_PIXELS`
+    or more, the freed memory goes back to the system (:func:`release_free_memory`).
+    """
+    pixels = predictor.decoded_pixels(photos, limits.max_photo_bytes)
+    if pixels > limits.max_request_pixels:
+        raise ClientError(
+            413,
+            f"the photos would decode to {pixels / 1e6:.0f} megapixels, over this server's budget of "
+            f"{limits.max_request_pixels / 1e6:g} megapixels per request; send fewer or smaller photos (JPEG decodes smaller)",
+        )
+    decoded = predictor.decode(photos, names, max_bytes=limits.max_photo_bytes)
+    if pixels >= TRIM_AFTER_PIXELS:
+        release_free_memory()
+    return decoded
+
+
+@lru_cache(maxsize=1)
 def land_outlines(tolerance_deg: float = 0.2) -> list[list[list[float]]]:
     """Every country's outline as lon/lat rings, simplified for a page (Natural Earth 10m, shipped with the project).
 
@@ -85,7 +148,7 @@ def land_outlines(tolerance_deg: float = 0.2) -> list[list[list[float]]]:
 def create_app(predictor: Predictor, model_label: str, limits: ServeLimits = ServeLimits()) -> FastAPI:
     """The app serving ``predictor`` (already loaded: every request reuses it)."""
     app = FastAPI(title="worldnet", description="Continuous GPS prediction from a street-level photo (worldNET).")
-    model_lock = threading.Lock()  # one forward pass at a time: each already uses every core
+    model_lock = threading.Lock()  # one forward pass at a time: each already uses every core (decoding takes no lock)
     page = PAGE.read_text()
     land_outlines()  # before the first request, not during it
 
@@ -124,11 +187,14 @@ def create_app(predictor: Predictor, model_label: str, limits: ServeLimits = Ser
         k = max(1, min(top_k or limits.top_k, 10))
         as_place = _place_flag(place, "query parameter") or _place_flag(place_field, "form field")
 
+        decoded = await run_in_threadpool(decode_request, predictor, photos, names, limits)
+        del photos  # the encoded bytes (up to max_photos × max_photo_bytes): the model needs only the decoded arrays
+
         def run() -> list[PhotoAnswer] | PlaceAnswer:
-            with model_lock:
+            with model_lock:  # the forward pass only: decoding is done, outside the lock
                 if as_place:
-                    return predictor.answer_place(photos, names, top_k=k, max_bytes=limits.max_photo_bytes)
-                return predictor.answer(photos, names, top_k=k, max_bytes=limits.max_photo_bytes)
+                    return predictor.answer_place_decoded(decoded, top_k=k)
+                return predictor.answer_decoded(decoded, top_k=k)
 
         out = await run_in_threadpool(run)
         answers = out.views if isinstance(out, PlaceAnswer) else out
@@ -196,4 +262,15 @@ def serve(predictor: Predictor, model_label: str, *, host: str, port: int, limit
     uvicorn.run(create_app(predictor, model_label, limits), host=host, port=port, log_level="warning", access_log=False)
 
 
-__all__ = ["STATUS_CODES", "ClientError", "ServeLimits", "create_app", "land_outlines", "serve", "status_for"]
+__all__ = [
+    "MAX_REQUEST_PIXELS",
+    "STATUS_CODES",
+    "ClientError",
+    "ServeLimits",
+    "create_app",
+    "decode_request",
+    "land_outlines",
+    "release_free_memory",
+    "serve",
+    "status_for",
+]

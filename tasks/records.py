@@ -31,7 +31,6 @@ from typing import Any
 
 from upath import UPath
 
-from tasks.tracking import file_hash
 from worldnet.io import write_text_atomic
 from worldnet.storage import as_path, is_local, local_path, relative_to
 
@@ -54,6 +53,8 @@ def root_id(root: UPath) -> str:
 @lru_cache(maxsize=4096)
 def _content_hash(key: str, size: int, mtime_ns: int) -> str:
     """sha256 of one file, memoised within a process by (path, size, mtime): a run hashes each file once."""
+    from tasks.tracking import file_hash  # here, so that the CLI reads records and names errors without importing MLflow
+
     return file_hash(as_path(key))
 
 
@@ -127,6 +128,23 @@ def read_record(root: UPath, stage: str) -> StageRecord | None:
         return StageRecord(**json.loads(f.read_text()))
     except (ValueError, TypeError):  # a damaged record proves nothing: the stage reruns
         return None
+
+
+def recorded_data_root(root: str) -> str | list[str] | None:
+    """The ``data_root`` the ingest stage's record under catalog root ``root`` says it read, as it was given (None if unknown).
+
+    What ``worldnet run --only STAGE`` uses when no ``--data-root`` is given, so that the ingest stage's key is
+    unchanged and the finished run is not redone on the default dataset. Reads one JSON file; imports neither
+    Prefect nor MLflow.
+    """
+    r = as_path(root)
+    record = read_record(as_path(local_path(r).resolve()) if is_local(r) else r, "ingest")
+    found = record.params.get("data_root") if record is not None and isinstance(record.params, dict) else None
+    if isinstance(found, str) and found:
+        return found
+    if isinstance(found, list) and found and all(isinstance(x, str) and x for x in found):
+        return list(found)
+    return None
 
 
 def write_record(root: UPath, record: StageRecord) -> UPath:

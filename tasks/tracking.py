@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 from upath import UPath
 
+from tasks.store_check import check_sqlite_store, sqlite_path
 from worldnet.storage import as_path, is_local, local_path, relative_to
 
 EXPERIMENT = "worldnet"
@@ -39,9 +40,16 @@ def tracking_root(catalog_root: str) -> Path:
 
 
 def configure_mlflow(root: Path) -> str:
-    """Point MLflow at ``{root}/mlflow.db`` (unless the user set ``MLFLOW_TRACKING_URI``); returns the URI."""
+    """Point MLflow at ``{root}/mlflow.db`` (unless the user set ``MLFLOW_TRACKING_URI``); returns the URI.
+
+    Raises:
+        DamagedStoreError: The SQLite store is not a whole SQLite database (the file is left as it is).
+    """
     user = user_tracking_uri()
     uri = user or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    store = sqlite_path(uri)
+    if store is not None:  # before MLflow opens it: a damaged file is one line, not SQLAlchemy's tracebacks
+        check_sqlite_store(store)
     if not user:
         _SET_BY_US.add(uri)
     mlflow.set_tracking_uri(uri)

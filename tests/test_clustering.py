@@ -60,3 +60,55 @@ def test_assign_to_centroids_uses_great_circle_distance():
 def test_bad_arguments_say_what_is_allowed(strategy, k, match):
     with pytest.raises(ValueError, match=match):
         cluster_locations(_labels([1, 2], [1, 2], ["a", "b"]), strategy, k=k)
+
+
+def _scattered_countries(seed=0):
+    """Photos of three compact cities, and of three whole countries whose places lie hundreds of km apart."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for city, (lat, lon) in {"Paris": (48.85, 2.35), "Cairo": (30.04, 31.24), "Tokyo": (35.68, 139.69)}.items():
+        rows += [(lat + rng.normal(0, 0.05), lon + rng.normal(0, 0.05), city) for _ in range(30)]
+    boxes = {"USA": (30, 47, -120, -75), "Australia": (-37, -20, 115, 150), "Brazil": (-30, -5, -60, -38)}
+    for country, (lat0, lat1, lon0, lon1) in boxes.items():
+        rows += [(rng.uniform(lat0, lat1), rng.uniform(lon0, lon1), country) for _ in range(60)]
+    lat, lon, city = zip(*rows, strict=True)
+    return _labels(lat, lon, list(city))
+
+
+def test_auto_takes_compact_groups_as_clusters_and_sprawling_ones_to_kmeans():
+    from worldnet.clustering import resolve_strategy
+
+    world = _scattered_countries()
+    cities = world.filter(pl.col("city").is_in(["Paris", "Cairo", "Tokyo"]))
+    assert resolve_strategy(cities, "auto") == "city"
+    assert resolve_strategy(world, "auto") == "kmeans"
+    cents, _ = cluster_locations(world, "auto", k=0)
+    assert set(cents["strategy"].to_list()) == {"kmeans"} and 3 < cents.height < world.height / 5
+
+
+def test_k_grows_with_the_square_root_of_the_places():
+    from worldnet.clustering import clusters_for
+
+    assert clusters_for(100) == 15 and clusters_for(400) == 30
+    assert clusters_for(1) == 2 and clusters_for(10**9) == 400
+
+
+def test_geocells_keep_to_borders_and_split_big_countries():
+    world = _scattered_countries()
+    cents, assign = cluster_locations(world, "geocells", k=12)
+    countries = {n.rsplit("-", 1)[0] for n in cents["name"].to_list()}
+    assert {"US", "AU", "BR", "FR", "EG", "JP"} <= countries
+    assert sum(n.startswith("US-") for n in cents["name"].to_list()) >= 2  # the sprawling country is split
+    # new points take a cell of their own country, even where another country's cell is nearer
+    tijuana_side = assign_to_centroids(np.array([32.6]), np.array([-117.0]), cents)
+    assert cents["name"][int(tijuana_side[0])].startswith("US-")
+    assert (assign_to_centroids(world["lat"].to_numpy(), world["lon"].to_numpy(), cents) == assign).mean() > 0.95
+
+
+def test_target_smoothing_follows_the_spacing_of_the_centroids():
+    from worldnet.models.worldnet_model import centroid_spacing_km
+
+    row = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 2.0], [0.0, 3.0]])  # 1° apart on the equator: 111 km
+    assert centroid_spacing_km(row) == pytest.approx(111.2, abs=0.5)
+    assert centroid_spacing_km(row * 5) == pytest.approx(556, abs=2)
+    assert centroid_spacing_km(row[:1]) == 0.0

@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 
+import polars as pl
 import pytest
 from PIL import Image
 
@@ -296,3 +297,22 @@ def test_predict_batch_never_takes_a_catalog_root_for_photos(tmp_path):
     table, skipped = photo_table(folder)
     assert sorted(table["image_id"].to_list()) == ["a.jpg", "sub/b.png"]
     assert skipped.height == 0  # not the user's files: not listed as left out either
+
+
+def test_byte_identical_photos_are_reported_and_kept_on_one_side_of_every_split(world):
+    from worldnet.data.ingest import input_summary
+    from worldnet.data.split import make_splits
+
+    madrid = sorted((world / "Images" / "Madrid").glob("*.jpg"))
+    boston = sorted((world / "Images" / "Boston").glob("*.jpg"))
+    for src, dst in zip(madrid[:3], boston[:3], strict=True):  # three Boston photos are copies of Madrid ones
+        dst.write_bytes(src.read_bytes())
+    manifest, rejects = ingest("gsv_cities", world)
+    assert rejects.height == 0 and manifest.height == _good_rows(world)  # reported, never dropped
+    twins = manifest.filter(manifest["duplicate_of"].is_not_null())
+    assert twins.height == 6 and twins["duplicate_of"].n_unique() == 3
+    assert "6 byte-identical photos in 3 groups" in input_summary(manifest.height, manifest=manifest).line()
+    for seed in range(5):
+        splits = make_splits(manifest, n_unseen=1, seed=seed).join(manifest.select("image_id", "duplicate_of"), on="image_id")
+        sides = splits.filter(splits["duplicate_of"].is_not_null()).group_by("duplicate_of").agg(pl.col("seen").n_unique().alias("n"))
+        assert sides["n"].max() == 1

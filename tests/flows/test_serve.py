@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import io
 import pickle
 import socket
@@ -18,6 +19,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
+import worldnet.models.predictor as predictor_module
 from flows.serve import ServeLimits, create_app, land_outlines
 from tasks.registry import MODEL_CODE, PIP_REQUIREMENTS, example_photo, model_signature
 from worldnet.models.predictor import Predictor
@@ -42,9 +44,13 @@ def _png_bomb(width: int = 40_000, height: int = 40_000) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server(model_file, tmp_path_factory):
+def predictor(model_file, tmp_path_factory):
+    return Predictor.load(model_file, graphs_dir=tmp_path_factory.mktemp("graphs"))
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
     """The app on a real uvicorn server on a free port of 127.0.0.1."""
-    predictor = Predictor.load(model_file, graphs_dir=tmp_path_factory.mktemp("graphs"))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -144,6 +150,59 @@ def test_requests_that_are_not_photo_uploads_get_a_4xx_and_one_line(server):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 413") and b"over" in reply, reply
     assert httpx.get(f"{server}/nope").status_code == 404 and "Traceback" not in httpx.get(f"{server}/nope").text
+
+
+def _png(size: tuple[int, int], color=(90, 140, 60)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")  # one colour: a large photo in a few KB
+    return buf.getvalue()
+
+
+def test_a_request_over_its_pixel_budget_is_refused_before_any_decoding(predictor, monkeypatch):
+    from starlette.testclient import TestClient
+
+    decoded: list[int] = []
+    frame = predictor_module.frame_photo
+    monkeypatch.setattr(predictor_module, "frame_photo", lambda data, spec: decoded.append(len(data)) or frame(data, spec))
+    app = create_app(predictor, "v7", ServeLimits(max_photo_bytes=200_000, max_photos=3, max_request_pixels=5_000_000))
+    big = _png((2000, 1500))  # 3 MP each, decoded at full size: PNG has no draft mode
+    with TestClient(app) as client:
+        over = client.post("/predict", files=[("file", (f"{i}.png", big, "image/png")) for i in range(2)])
+        _one_line_4xx(over, 413, "5 megapixels per request")
+        assert "6 megapixels" in over.json()["error"] and decoded == []  # refused from the headers: nothing decoded
+        # under the budget it is answered; a 12 MP JPEG counts at the 1/8 scale its draft mode decodes at
+        jpeg = _jpeg((4000, 3000))
+        ok = client.post("/predict", files=[("file", ("a.png", big, "image/png")), ("file", ("b.jpg", jpeg, "image/jpeg"))])
+        assert ok.status_code == 200 and [p["status"] for p in ok.json()["predictions"]] == ["ok", "ok"], ok.text
+        assert len(decoded) == 2
+        # a photo refused on its own (a decompression bomb) takes nothing from the budget: it keeps its own status
+        _one_line_4xx(client.post("/predict", files=[("file", ("bomb.png", _png_bomb(), "image/png"))]), 413, "too many pixels")
+
+
+def test_a_slow_decode_never_holds_up_another_request(server, monkeypatch):
+    """Decoding runs outside the model lock: while one request is stuck decoding, another is decoded and answered."""
+    slow, fast = _jpeg(color=(200, 10, 10)), _jpeg(color=(10, 10, 200))
+    decoding, release = threading.Event(), threading.Event()
+    frame = predictor_module.frame_photo
+
+    def stuck_on_slow(data, spec):
+        if data == slow:
+            decoding.set()
+            assert release.wait(30)
+        return frame(data, spec)
+
+    monkeypatch.setattr(predictor_module, "frame_photo", stuck_on_slow)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(_post, server, [("slow.jpg", slow)])
+        try:
+            assert decoding.wait(30)
+            other = _post(server, [("fast.jpg", fast)])  # needs the model while the slow request is still decoding
+            assert other.status_code == 200 and other.json()["predictions"][0]["status"] == "ok", other.text
+            assert not first.done()
+        finally:
+            release.set()
+        res = first.result(60)
+    assert res.status_code == 200 and res.json()["predictions"][0]["status"] == "ok", res.text
 
 
 def test_the_page_and_its_offline_map(server):

@@ -67,6 +67,7 @@ def _mlp_weight_norm(head: InterpolationHead) -> float:
 
 
 def test_head_weight_decay_shrinks_only_the_mlp_weights():
+    """The paper's composition (a weighted mean), whose head these weight-decay mechanics were written for."""
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
     k = 8
@@ -76,15 +77,15 @@ def test_head_weight_decay_shrinks_only_the_mlp_weights():
     torch.manual_seed(0)
     probs = noise.sample((200,))
     targets = cents[rng.integers(0, k, 200)]
-    free, _ = train_head(probs, targets, cents, TrainConfig(seed=0), weight_decay=0.0)
-    decayed, _ = train_head(probs, targets, cents, TrainConfig(seed=0), weight_decay=100.0)
+    free, _ = train_head(probs, targets, cents, TrainConfig(seed=0, median_steps=0), weight_decay=0.0)
+    decayed, _ = train_head(probs, targets, cents, TrainConfig(seed=0, median_steps=0), weight_decay=100.0)
     assert _mlp_weight_norm(decayed) < 0.1 * _mlp_weight_norm(free)
     # the output bias (the prior over centroids) is not decayed: it grows from its zero start
     assert float(decayed.mlp[2].bias.detach().norm()) > 0.25
     # nor is the log-probability skip: with an informative classifier the decayed head still learns to trust it
     y = torch.from_numpy(rng.integers(0, k, 200))
     informative = torch.softmax(3 * torch.nn.functional.one_hot(y, k).float() + 0.5 * torch.randn(200, k, generator=gen), -1)
-    _, losses = train_head(informative, cents[y.numpy()], cents, TrainConfig(seed=0), weight_decay=100.0)
+    _, losses = train_head(informative, cents[y.numpy()], cents, TrainConfig(seed=0, median_steps=0), weight_decay=100.0)
     assert losses[-1] < 0.5 * losses[0]
     with pytest.raises(ValueError, match="weight_decay"):
         train_head(probs, targets, cents, TrainConfig(seed=0), weight_decay=-1.0)
@@ -223,3 +224,31 @@ def test_the_feature_power_damps_bursty_channels_and_travels_with_the_model(tmp_
     torch.save(blob, tmp_path / "legacy.pt")
     legacy, _, _ = load_worldnet(tmp_path / "legacy.pt")
     assert legacy.standardiser.power == 1.0
+
+
+def test_median_composition_answers_where_the_weight_is_not_between_the_peaks():
+
+    cents = np.array([[48.85, 2.35], [50.1, 8.7], [52.5, 13.4], [40.7, -74.0]])  # three European cities and New York
+    xyz = InterpolationHead(cents, 8).centroid_xyz
+    w = torch.tensor([[0.25, 0.25, 0.25, 0.25]])
+    mean = compose(w, xyz, 0)[0].numpy()
+    median = compose(w, xyz, 10)[0].numpy()
+    # the weighted mean lands in the Atlantic between the continents; the median stays with the three European weights
+    assert haversine_km(mean[0], mean[1], 50.1, 8.7) > 1000
+    assert haversine_km(median[0], median[1], 50.1, 8.7) < 400
+    one = compose(torch.tensor([[0.0, 1.0, 0.0, 0.0]]), xyz, 10)[0].numpy()
+    assert haversine_km(one[0], one[1], 50.1, 8.7) < 1  # all weight on one centroid: that centroid
+    w.requires_grad_(True)
+    compose(w, xyz, 10).sum().backward()  # differentiable: the head trains through it
+    assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
+def test_the_median_is_for_worldwide_data_and_a_region_keeps_the_papers_mean():
+    from worldnet.models.worldnet_model import median_steps_for
+
+    rng = np.random.default_rng(0)
+    region = np.c_[rng.uniform(32, 49, 300), rng.uniform(-124, -114, 300)]  # the US West
+    world = np.c_[rng.uniform(-40, 60, 300), rng.uniform(-180, 180, 300)]
+    assert median_steps_for(region) == 0 and median_steps_for(world) == 10
+    head, _ = train_head(torch.full((20, 2), 0.5), world[:20], world[:2], TrainConfig(head_epochs=1))
+    assert int(head.median_steps) == 10  # the head keeps what it was trained with, saved with its state

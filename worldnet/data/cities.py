@@ -58,6 +58,9 @@ EXTRA_CITIES: tuple[City, ...] = (
 
 ALL_CITIES: dict[str, City] = {c.name: c for c in GSV_CITIES + EXTRA_CITIES}
 
+#: Common names of the cities GSV-Cities abbreviates.
+DATASET_NAMES: dict[str, str] = {"Oslo": "OSL", "Prague": "PRG", "Paris": "PRS", "Toronto": "TRT"}
+
 
 def resolve_cities(names: list[str] | None, *, extra: bool = False) -> list[City]:
     """Cities by name (the 23 GSV-Cities by default), optionally plus the extras.
@@ -70,5 +73,8 @@ def resolve_cities(names: list[str] | None, *, extra: bool = False) -> list[City
         return chosen
     unknown = [n for n in names if n not in ALL_CITIES]
     if unknown:
-        raise ValueError(f"unknown cities {unknown}; known: {', '.join(sorted(ALL_CITIES))}")
+        by_lower = {**{k.lower(): k for k in ALL_CITIES}, **{k.lower(): v for k, v in DATASET_NAMES.items()}}
+        meant = [f"{n} is {by_lower[n.lower()]}" for n in unknown if n.lower() in by_lower]
+        hint = f" ({'; '.join(meant)} here)" if meant else ""
+        raise ValueError(f"unknown cities {unknown}{hint}; known cities are: {', '.join(sorted(ALL_CITIES))}")
     return [ALL_CITIES[n] for n in names]

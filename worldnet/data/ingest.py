@@ -448,7 +448,43 @@ def validate(manifest: pl.DataFrame, *, check_files: bool = True, source: str = 
     good = df.filter(pl.col("_reason").is_null())
     if good.height:
         good = good.with_columns(continent=pl.Series(continent_of(good["lat"].to_numpy(), good["lon"].to_numpy()), dtype=pl.String))
+        if check_files:
+            good = good.with_columns(duplicate_of=pl.Series(duplicate_groups(good["image_id"].to_list(), good["path"].to_list())))
     return good.select(list(MANIFEST_SCHEMA)), rejects
+
+
+def duplicate_groups(ids: list[str], paths: list[str | None]) -> list[str | None]:
+    """For each photo, the id of the first photo with byte-identical content (None when it has no twin).
+
+    The same photo under two ids or two places would otherwise land in
+    training and in test, and the test would measure memory. Only files whose
+    sizes collide are read and hashed, so a folder of distinct photos costs a
+    ``stat`` each.
+    """
+    sizes: dict[int, list[int]] = {}
+    for i, p in enumerate(paths):
+        if p is None:
+            continue
+        try:
+            sizes.setdefault(os.stat(p).st_size, []).append(i)
+        except OSError:
+            continue
+    out: list[str | None] = [None] * len(ids)
+    for same_size in sizes.values():
+        if len(same_size) < 2:
+            continue
+        first: dict[str, int] = {}
+        for i in same_size:
+            try:
+                with open(str(paths[i]), "rb") as fh:
+                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            except OSError:
+                continue
+            if digest in first:
+                out[i] = out[first[digest]] = ids[first[digest]]
+            else:
+                first[digest] = i
+    return out
 
 
 def _check_files(paths: list[str | None]) -> tuple[list[str | None], list[str | None]]:
@@ -579,6 +615,7 @@ def ingest_many(kind: str, locations: list[str]) -> tuple[pl.DataFrame, pl.DataF
         if len(locations) > 1:
             good = good.with_columns(
                 image_id=pl.lit(f"{name}/") + pl.col("image_id"),
+                duplicate_of=pl.lit(f"{name}/") + pl.col("duplicate_of"),
                 place_id=pl.col("place_id") + i * PLACE_OFFSET,
             )
             bad = bad.with_columns(image_id=pl.lit(f"{name}/") + pl.col("image_id"))
@@ -630,6 +667,8 @@ class InputSummary:
     rejected: dict[str, int]
     rejects_paths: tuple[str, ...] = ()
     datasets: tuple[tuple[str, int, int], ...] = ()
+    #: Photos with a byte-identical twin under another id, and how many such groups (kept together in every split).
+    duplicates: tuple[int, int] = (0, 0)
 
     def line(self) -> str:
         """``input: 1,707 read, 1,700 kept, 7 rejected (3 missing_image, 4 not_an_image); rejects: PATH``."""
@@ -637,6 +676,9 @@ class InputSummary:
         text = f"input: {self.read:,} read, {self.kept:,} kept, {n_rej:,} rejected"
         if n_rej:
             text += " (" + ", ".join(f"{n:,} {r}" for r, n in sorted(self.rejected.items())) + ")"
+        if self.duplicates[0]:
+            n, groups = self.duplicates
+            text += f"; {n:,} byte-identical photos in {groups:,} groups, each group kept on one side of every split"
         if len(self.datasets) > 1:
             text += "; by dataset: " + ", ".join(f"{name} {read:,} read, {kept:,} kept" for name, read, kept in self.datasets)
         if n_rej and self.rejects_paths:
@@ -664,7 +706,13 @@ def input_summary(kept: int, *rejects: tuple[pl.DataFrame, str | None], manifest
         names = sorted(n for n in manifest["dataset"].unique().to_list() if n)
         if len(names) > 1:
             datasets = tuple(_dataset_counts(name, manifest, [t for t, _ in rejects]) for name in names)
-    return InputSummary(read=kept + sum(counts.values()), kept=kept, rejected=counts, rejects_paths=tuple(paths), datasets=datasets)
+    dups = (0, 0)
+    if manifest is not None and "duplicate_of" in manifest.columns:
+        twins = manifest["duplicate_of"].drop_nulls()
+        dups = (twins.len(), twins.n_unique())
+    return InputSummary(
+        read=kept + sum(counts.values()), kept=kept, rejected=counts, rejects_paths=tuple(paths), datasets=datasets, duplicates=dups
+    )
 
 
 def _dataset_counts(name: str, manifest: pl.DataFrame, rejects: list[pl.DataFrame]) -> tuple[str, int, int]:

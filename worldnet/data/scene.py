@@ -279,7 +279,8 @@ def render(style: Style, heading: int, rng: np.random.Generator, size: tuple[int
         arr *= np.array([1.08, 0.98, 0.85], dtype=np.float32)
     haze = {"haze": 0.35, "overcast": 0.15}.get(str(weather), 0.0) + 0.1 * (alat / 70)
     arr = arr * (1 - haze) + haze * 205.0
-    noise = rng.normal(0, rng.uniform(2, 8), size=(H // 4, W // 4, 1)).astype(np.float32)
+    # 4x4 blocks of noise, rounded up so that a side not divisible by 4 is covered (same draws when it is)
+    noise = rng.normal(0, rng.uniform(2, 8), size=(-(-H // 4), -(-W // 4), 1)).astype(np.float32)
     arr += np.repeat(np.repeat(noise, 4, axis=0), 4, axis=1)[:H, :W]
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 

@@ -17,6 +17,7 @@ path        str     absolute image path; null in metadata-only mode
 source      str     reader that produced the row: gsv_cities | gsv_metadata | flat | csv
 continent   str     from the geo core (Natural Earth)
 dataset     str     which input it came from (the dataset folder's name), when several are read together
+duplicate_of str    the first image id with byte-identical content; null for a photo with no twin
 =========== ======= ==========================================================
 
 Rejects: one row per problem, never silently dropped.
@@ -48,6 +49,7 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String(),
     "continent": pl.String(),
     "dataset": pl.String(),
+    "duplicate_of": pl.String(),
 }
 
 REJECTS_SCHEMA: dict[str, pl.DataType] = {

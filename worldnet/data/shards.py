@@ -104,9 +104,11 @@ def decode_resize(data: bytes, width: int, height: int) -> Image.Image:
         raise ValueError(f"image is {img.width}x{img.height}, over the {MAX_PIXELS:,}-pixel limit")
     check_photo_size(img)  # a 1x1 or 10000x1 image is no photo: rejected (image_too_small), never blown up to a frame
     scale = max(width / img.width, height / img.height)
-    img.draft("RGB", (max(1, int(img.width * scale)), max(1, int(img.height * scale))))
-    img = ImageOps.exif_transpose(img)  # a phone photo stored sideways is seen upright, as in predict
-    img = to_rgb8(img, fmt)  # 16-bit and float photos by their real range, not clipped to white or black
+    img.draft("RGB", (max(1, int(img.width * scale)), max(1, int(img.height * scale))))  # JPEG: decoded at 1/2..1/8 scale
+    # Other formats decode at full size (a 56 MP PNG is 224 MB to Pillow): keep that one copy only, and shrink it next.
+    ImageOps.exif_transpose(img, in_place=True)  # a phone photo stored sideways is seen upright, as in predict; never copied
+    if img.mode != "RGB":  # convert("RGB") of an RGB image would be a second full-size copy, with the same pixels
+        img = to_rgb8(img, fmt)  # 16-bit and float photos by their real range, not clipped to white or black
     img.load()
     scale = max(width / img.width, height / img.height)
     rw, rh = max(width, round(img.width * scale)), max(height, round(img.height * scale))

@@ -23,7 +23,9 @@ def _place_key(df: pl.DataFrame) -> pl.Expr:
     spot = pl.format("@{},{}", pl.col("lat").round(6), pl.col("lon").round(6)) if {"lat", "lon"} <= set(df.columns) else None
     image = spot if spot is not None else pl.col("image_id")
     place = pl.coalesce(pl.col("place_id").cast(pl.String), image) if "place_id" in df.columns else image
-    return pl.col("city").fill_null("") + "/" + place
+    key = pl.col("city").fill_null("") + "/" + place
+    # byte-identical photos are one photo: one key, so one side of every split, whatever ids and places they were given
+    return pl.coalesce(pl.lit("twin/") + pl.col("duplicate_of"), key) if "duplicate_of" in df.columns else key
 
 
 def place_keys(frame: pl.DataFrame) -> np.ndarray:

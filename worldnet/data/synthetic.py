@@ -18,6 +18,9 @@ import csv
 import hashlib
 import io
 import math
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import as_completed
@@ -39,6 +42,8 @@ CSV_COLUMNS = ("place_id", "year", "month", "northdeg", "city_id", "lat", "lon",
 PANOID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 #: Relative image weight of European cities vs the rest (GSV-Cities is Eurocentric).
 EUROPE_WEIGHT = 2.6
+#: The image sides ``generate`` renders, in pixels (a photo is rendered in memory whole).
+MIN_SIDE, MAX_SIDE = 16, 4096
 
 
 @dataclass(frozen=True)
@@ -182,10 +187,46 @@ def generate(config: SynthConfig, *, progress: bool = True) -> SynthSummary:
     t0 = time.perf_counter()
     cities = resolve_cities(list(config.cities) if config.cities else None, extra=config.extra_cities)
     w, h = config.size
-    if w < 16 or h < 16:
-        raise ValueError(f"image size {w}x{h} is too small; use at least 16x16")
+    if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
+        raise ValueError(f"image size {w}x{h}: each side must be from {MIN_SIDE} to {MAX_SIDE} px")
     counts = city_image_counts(cities, config.per_city, config.eurocentric)
-    root = Path(config.out)
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; give a folder to write Dataframes/ and Images/ into")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    # everything is written into a hidden staging folder and moved into place at the end, Images/ before
+    # Dataframes/: a failed or interrupted run never leaves CSVs that list photos it did not write
+    root = Path(tempfile.mkdtemp(prefix=".synth-partial-", dir=out))
+    try:
+        _write_world(config, cities, counts, root, (w, h), progress)
+        _move_into(root, out)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    shutil.rmtree(root, ignore_errors=True)
+    return SynthSummary(root=out, images_per_city=counts, seconds=time.perf_counter() - t0)
+
+
+def _move_into(staged: Path, out: Path) -> None:
+    """Move a staged world's files into ``out``, replacing files of the same names (others are kept)."""
+    for sub in ("Images", "Dataframes"):
+        src = staged / sub
+        if not src.is_dir():
+            continue
+        for f in sorted(p for p in src.rglob("*") if p.is_file()):
+            dest = out / sub / f.relative_to(src)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, dest)
+
+
+def _write_world(
+    config: SynthConfig, cities: list[City], counts: dict[str, int], root: Path, size: tuple[int, int], progress: bool
+) -> None:
+    """Write the CSVs and render the photos of ``cities`` under ``root``."""
+    w, h = size
     images_dir = root / "Images"
     continents = continent_of([c.lat for c in cities], [c.lon for c in cities])
     countries = country_of([c.lat for c in cities], [c.lon for c in cities])
@@ -210,7 +251,6 @@ def generate(config: SynthConfig, *, progress: bool = True) -> SynthSummary:
             for fut in as_completed([pool.submit(_render_chunk, j) for j in jobs]):
                 bar.update(fut.result())
     bar.close()
-    return SynthSummary(root=root, images_per_city=counts, seconds=time.perf_counter() - t0)
 
 
 def contact_sheet(root: Path, out_png: Path, per_city: int = 6, thumb: tuple[int, int] = (120, 90)) -> Path:

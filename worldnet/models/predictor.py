@@ -10,7 +10,7 @@ before the head (:meth:`Predictor.answer_place`).
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +287,20 @@ class PlaceAnswer:
         return base
 
 
+@dataclass
+class DecodedPhotos:
+    """Photos checked, framed and decoded for the backbone (:meth:`Predictor.decode`), waiting for the model.
+
+    ``answers`` has one :class:`PhotoAnswer` per photo (a bad one already has
+    its status); ``framed`` holds the good photos' backbone-sized uint8 arrays,
+    and ``good`` their indices in ``answers``.
+    """
+
+    answers: list[PhotoAnswer]
+    framed: list[np.ndarray] = field(default_factory=list)
+    good: list[int] = field(default_factory=list)
+
+
 def photo_problem(data: bytes, max_bytes: int = MAX_PHOTO_BYTES) -> tuple[str, str] | None:
     """``(status, message)`` if ``data`` cannot be a photo worth decoding, before any decoding; else ``None``."""
     if not data:
@@ -296,6 +310,31 @@ def photo_problem(data: bytes, max_bytes: int = MAX_PHOTO_BYTES) -> tuple[str, s
     if sniff_format(data[:HEAD_BYTES]) is None:
         return "not_an_image", describe_head(data[:HEAD_BYTES])
     return None
+
+
+def decoded_pixels(data: bytes, width: int, height: int, max_bytes: int = MAX_PHOTO_BYTES) -> int:
+    """Pixels that framing ``data`` to ``width``×``height`` (:func:`frame_photo`) decodes, read from its header alone.
+
+    Nothing is decoded: the header gives the size, and a JPEG counts at the
+    reduced scale its draft mode decodes at (a 56 MP JPEG framed to 400×300 is
+    decoded at 1/8 scale, under 1 MP), any other format at full size. 0 for a
+    photo that is never decoded: refused before decoding (:func:`photo_problem`),
+    a header Pillow cannot read, or over the :data:`MAX_PIXELS` limit (refused as
+    ``too_many_pixels``). A server sums this over a request to refuse one that
+    would decode too much (``worldnet serve --max-request-megapixels``).
+    """
+    if photo_problem(data, max_bytes) is not None:
+        return 0
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # parses the header only; the pixels are read by load()
+            w, h = img.size
+            if w * h > MAX_PIXELS or min(w, h) < 1:
+                return 0
+            scale = max(width / w, height / h)
+            img.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))  # as decode_resize asks; reads no pixels
+            return int(img.width * img.height)
+    except Exception:  # noqa: BLE001 - a header Pillow cannot read is refused by decoding, with its own status
+        return 0
 
 
 def _decode_problem(exc: Exception) -> tuple[str, str]:
@@ -451,13 +490,25 @@ class Predictor:
         spec = self.backbone.spec
         return self.embed(np.stack([decode_for(spec, frame_photo(b, self.shard_spec)) for b in photos]))
 
-    def _decode(self, answers: list[PhotoAnswer], photos: list[bytes], max_bytes: int) -> tuple[list[np.ndarray], list[int]]:
-        """Each photo framed and decoded for the backbone, and the indices of those that were; a bad one gets its status.
+    def decode(self, photos: list[bytes], names: list[str], max_bytes: int = MAX_PHOTO_BYTES) -> DecodedPhotos:
+        """The model-free half of :meth:`answer`: each photo checked, framed and decoded for the backbone.
+
+        Uses no model state, so it may run on any thread while another request
+        holds the model (a server decodes outside its model lock); only the
+        backbone-sized arrays are kept, never a photo's full-size decoding.
+        """
+        return self._decode([PhotoAnswer(n, "ok") for n in names], photos, max_bytes)
+
+    def decoded_pixels(self, photos: list[bytes], max_bytes: int = MAX_PHOTO_BYTES) -> int:
+        """Pixels :meth:`decode` would decode for ``photos``, from their headers alone (:func:`decoded_pixels`)."""
+        return sum(decoded_pixels(b, self.shard_spec.width, self.shard_spec.height, max_bytes) for b in photos)
+
+    def _decode(self, answers: list[PhotoAnswer], photos: list[bytes], max_bytes: int) -> DecodedPhotos:
+        """Each photo framed and decoded for the backbone; a bad one gets its status in ``answers``.
 
         A photo whose answer is already not ``ok`` (a file that could not be read) is skipped.
         """
-        framed: list[np.ndarray] = []
-        good: list[int] = []
+        out = DecodedPhotos(answers)
         spec = self.backbone.spec
         for i, data in enumerate(photos):
             if answers[i].status != "ok":
@@ -465,21 +516,24 @@ class Predictor:
             problem = photo_problem(data, max_bytes)
             if problem is None:
                 try:
-                    framed.append(decode_for(spec, frame_photo(data, self.shard_spec)))
-                    good.append(i)
+                    out.framed.append(decode_for(spec, frame_photo(data, self.shard_spec)))
+                    out.good.append(i)
                     continue
                 except Exception as exc:  # noqa: BLE001 - every decoder failure is this photo's answer, not a crash
                     problem = _decode_problem(exc)
             answers[i].status, answers[i].error = problem
-        return framed, good
+        return out
 
     def answer(self, photos: list[bytes], names: list[str], top_k: int = 3, max_bytes: int = MAX_PHOTO_BYTES) -> list[PhotoAnswer]:
         """Geolocate encoded photos one answer each: a bad photo gets its status, the others their predictions."""
-        answers = [PhotoAnswer(n, "ok") for n in names]
-        framed, good = self._decode(answers, photos, max_bytes)
+        return self.answer_decoded(self.decode(photos, names, max_bytes), top_k)
+
+    def answer_decoded(self, decoded: DecodedPhotos, top_k: int = 3) -> list[PhotoAnswer]:
+        """The model half of :meth:`answer`: backbone, classifier and head over photos :meth:`decode` prepared."""
+        answers, good = decoded.answers, decoded.good
         if good:
-            X = self.embed(np.stack(framed))
-            for i, pred in zip(good, self.predict_features(X, [names[i] for i in good], top_k), strict=True):
+            X = self.embed(np.stack(decoded.framed))
+            for i, pred in zip(good, self.predict_features(X, [answers[i].name for i in good], top_k), strict=True):
                 answers[i].prediction = pred
         return answers
 
@@ -492,8 +546,7 @@ class Predictor:
         (``PlaceAnswer.views``); a bad photo is left out of the place with its
         status, and a place with no readable photo has status ``no_readable_view``.
         """
-        views = [PhotoAnswer(n, "ok") for n in names]
-        return self._answer_place(place, views, photos, top_k, max_bytes)
+        return self.answer_place_decoded(self.decode(photos, names, max_bytes), top_k, place)
 
     def predict_place(self, paths: list[str], top_k: int = 3, place: str = "place") -> PlaceAnswer:
         """:meth:`answer_place` for photo files: a file that is missing or no image is a view with status ``unreadable``."""
@@ -505,14 +558,16 @@ class Predictor:
             except ImageInputError as exc:
                 view.status, view.error = "unreadable", str(exc)
                 photos.append(b"")
-        return self._answer_place(place, views, photos, top_k, max([MAX_PHOTO_BYTES, *(len(b) for b in photos)]))
+        decoded = self._decode(views, photos, max([MAX_PHOTO_BYTES, *(len(b) for b in photos)]))
+        return self.answer_place_decoded(decoded, top_k, place)
 
-    def _answer_place(self, place: str, views: list[PhotoAnswer], photos: list[bytes], top_k: int, max_bytes: int) -> PlaceAnswer:
-        framed, good = self._decode(views, photos, max_bytes)
+    def answer_place_decoded(self, decoded: DecodedPhotos, top_k: int = 3, place: str = "place") -> PlaceAnswer:
+        """The model half of :meth:`answer_place`, over photos :meth:`decode` prepared."""
+        views, good = decoded.answers, decoded.good
         if not good:
             why = "; ".join(f"{v.name}: {v.status}" for v in views) or "no photos given"
             return PlaceAnswer(place, "no_readable_view", f"no photo of the place could be read ({why})", None, views)
-        preds, probs = self.predict_with_probs(self.embed(np.stack(framed)), [views[i].name for i in good], top_k)
+        preds, probs = self.predict_with_probs(self.embed(np.stack(decoded.framed)), [views[i].name for i in good], top_k)
         for i, pred in zip(good, preds, strict=True):
             views[i].prediction = pred
         (combined,) = self.predict_distributions(combine_views(probs)[None], [place], top_k)
