@@ -23,6 +23,7 @@ request the freed heap goes back to the system (:func:`release_free_memory`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 from collections.abc import Callable
@@ -64,6 +65,10 @@ MAX_REQUEST_PIXELS = 100_000_000
 #: A request that decoded at least this many pixels hands the freed heap back to the system when done (:func:`release_free_memory`).
 TRIM_AFTER_PIXELS = 16_000_000
 
+#: A photo that decodes to at least this many pixels (32 MB to Pillow) waits for one of ``ServeLimits.large_decodes``
+#: slots, so concurrent requests never hold more than that many full-size decodings at once; smaller photos never wait.
+LARGE_DECODE_PIXELS = 8_000_000
+
 
 @dataclass(frozen=True)
 class ServeLimits:
@@ -73,6 +78,7 @@ class ServeLimits:
     max_photos: int = 16
     top_k: int = 3
     max_request_pixels: int = MAX_REQUEST_PIXELS
+    large_decodes: int = 2
 
 
 class ClientError(Exception):
@@ -113,25 +119,36 @@ def release_free_memory() -> None:
         trim(0)
 
 
-def decode_request(predictor: Predictor, photos: list[bytes], names: list[str], limits: ServeLimits) -> DecodedPhotos:
-    """A request's photos decoded for the model, with no lock held: requests decode at once, each on its own thread.
+def decode_request(
+    predictor: Predictor, photos: list[bytes], names: list[str], limits: ServeLimits, large: threading.Semaphore | None = None
+) -> DecodedPhotos:
+    """A request's photos decoded for the model, without the model lock: requests decode at once, each on its own thread.
 
     A request whose photos would decode more than ``limits.max_request_pixels``
     (read from their headers) is refused, a 413 :class:`ClientError`, before any
-    photo is decoded. After a request that decoded :data:`TRIM_AFTER_PIXELS`
+    photo is decoded. Photos are decoded one at a time; one of
+    :data:`LARGE_DECODE_PIXELS` or more first takes a slot of ``large`` (the
+    app's ``limits.large_decodes``), which bounds the full-size decodings held
+    at once across requests. After a request that decoded :data:`TRIM_AFTER_PIXELS`
     or more, the freed memory goes back to the system (:func:`release_free_memory`).
     """
     pixels = predictor.decoded_pixels(photos, limits.max_photo_bytes)
-    if pixels > limits.max_request_pixels:
+    if sum(pixels) > limits.max_request_pixels:
         raise ClientError(
             413,
-            f"the photos would decode to {pixels / 1e6:.0f} megapixels, over this server's budget of "
+            f"the photos would decode to {sum(pixels) / 1e6:.0f} megapixels, over this server's budget of "
             f"{limits.max_request_pixels / 1e6:g} megapixels per request; send fewer or smaller photos (JPEG decodes smaller)",
         )
-    decoded = predictor.decode(photos, names, max_bytes=limits.max_photo_bytes)
-    if pixels >= TRIM_AFTER_PIXELS:
+    out = DecodedPhotos([])
+    for i, (data, name, n) in enumerate(zip(photos, names, pixels, strict=True)):
+        with large if large is not None and n >= LARGE_DECODE_PIXELS else contextlib.nullcontext():
+            one = predictor.decode([data], [name], max_bytes=limits.max_photo_bytes)
+        out.answers += one.answers
+        out.framed += one.framed
+        out.good += [i] * len(one.good)
+    if sum(pixels) >= TRIM_AFTER_PIXELS:
         release_free_memory()
-    return decoded
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -149,6 +166,7 @@ def create_app(predictor: Predictor, model_label: str, limits: ServeLimits = Ser
     """The app serving ``predictor`` (already loaded: every request reuses it)."""
     app = FastAPI(title="worldnet", description="Continuous GPS prediction from a street-level photo (worldNET).")
     model_lock = threading.Lock()  # one forward pass at a time: each already uses every core (decoding takes no lock)
+    large_decodes = threading.BoundedSemaphore(max(1, limits.large_decodes))  # full-size decodings held at once (LARGE_DECODE_PIXELS)
     page = PAGE.read_text()
     land_outlines()  # before the first request, not during it
 
@@ -187,7 +205,7 @@ def create_app(predictor: Predictor, model_label: str, limits: ServeLimits = Ser
         k = max(1, min(top_k or limits.top_k, 10))
         as_place = _place_flag(place, "query parameter") or _place_flag(place_field, "form field")
 
-        decoded = await run_in_threadpool(decode_request, predictor, photos, names, limits)
+        decoded = await run_in_threadpool(decode_request, predictor, photos, names, limits, large_decodes)
         del photos  # the encoded bytes (up to max_photos × max_photo_bytes): the model needs only the decoded arrays
 
         def run() -> list[PhotoAnswer] | PlaceAnswer:

@@ -55,11 +55,51 @@ def configure_mlflow(root: Path) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     with _store_lock(None if user else root):
-        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-            artifact_root = None if user else (root / "mlartifacts").resolve().as_uri()
-            mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_root)
+        artifact_root = (root / "mlartifacts").resolve().as_uri()
+        exp = mlflow.get_experiment_by_name(EXPERIMENT)
+        if exp is None:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=None if user else artifact_root)
+        elif not user and store is not None and exp.artifact_location != artifact_root and exp.artifact_location.endswith("/mlartifacts"):
+            relocate_artifacts(store, exp.artifact_location, artifact_root)
     mlflow.set_experiment(EXPERIMENT)
     return uri
+
+
+#: Columns of MLflow's SQLite store that hold where artifacts are.
+_ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+    ("model_versions", "source"),
+)
+
+
+def relocate_artifacts(store: Path, old: str, new: str) -> int:
+    """Point the store's artifact locations from ``old`` to ``new`` (a catalog root that was moved or copied); returns rows changed.
+
+    MLflow records artifact locations as absolute URIs, so a root moved with
+    ``mv`` (or copied to another machine) could not load its champion, and a
+    rerun wrote its artifacts back under the old path. Every location under
+    the old ``mlartifacts`` folder is rewritten to the same place under the
+    new one, in one transaction.
+    """
+    import sqlite3
+
+    old_path, new_path = old.removeprefix("file://"), new.removeprefix("file://")
+    changed = 0
+    with sqlite3.connect(store) as db:
+        tables = {name for (name,) in db.execute("select name from sqlite_master where type = 'table'")}
+        for table, column in _ARTIFACT_COLUMNS:
+            if table not in tables:
+                continue
+            for before, after in ((old, new), (old_path, new_path)):
+                cur = db.execute(
+                    f"update {table} set {column} = ? || substr({column}, ?) where substr({column}, 1, ?) = ?",  # noqa: S608 - fixed names
+                    (after, len(before) + 1, len(before), before),
+                )
+                changed += cur.rowcount
+    return changed
 
 
 @contextmanager

@@ -167,6 +167,8 @@ def test_serve_refuses_a_busy_port_and_an_upload_limit_that_is_no_number_before_
             (["--max-upload-mb", "inf"], "--max-upload-mb inf: choose a finite number of MB > 0"),
             (["--max-upload-mb", "0"], "--max-upload-mb 0.0: choose a finite number of MB > 0"),
             (["--max-photos", "0"], "--max-photos 0"),
+            (["--max-request-megapixels", "nan"], "--max-request-megapixels nan: choose a finite number of megapixels > 0"),
+            (["--max-request-megapixels", "-5"], "--max-request-megapixels -5.0: choose a finite number of megapixels > 0"),
         ]
         for extra, message in cases:
             t = time.perf_counter()

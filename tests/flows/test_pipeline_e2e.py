@@ -130,12 +130,20 @@ def test_predict_real_photo(harness, tmp_path, shared_data, monkeypatch):
     assert res.exit_code == 0, res.output
     line = json.loads([ln for ln in res.output.splitlines() if ln.startswith("{")][0])
     assert line["continent"] and -90 <= line["lat"] <= 90
+    # a moved catalog root predicts the same answer, and nothing is written back under the old path
+    moved = tmp_path / "moved"
+    (tmp_path / "root").rename(moved)
+    res = CliRunner().invoke(app, ["predict", str(photo), "--root", str(moved), "--json"])
+    assert res.exit_code == 0, res.output
+    again = json.loads([ln for ln in res.output.splitlines() if ln.startswith("{")][0])
+    assert (again["lat"], again["lon"]) == (line["lat"], line["lon"])
+    assert not (tmp_path / "root").exists()
     # a damaged copy of the registered file is refused in one line, never served
-    registered = sorted((tmp_path / "root" / "mlartifacts" / "models").rglob("*.pt"))
+    registered = sorted((moved / "mlartifacts" / "models").rglob("*.pt"))
     assert registered
     raw = bytearray(registered[0].read_bytes())
     raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
     registered[0].write_bytes(bytes(raw))
-    res = CliRunner().invoke(app, ["predict", str(photo), "--root", cfg.root])
+    res = CliRunner().invoke(app, ["predict", str(photo), "--root", str(moved)])
     assert res.exit_code == 2 and "does not match the sha256 recorded when it was registered" in res.output, res.output
     assert "Traceback" not in res.output

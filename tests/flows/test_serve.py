@@ -20,7 +20,7 @@ import uvicorn
 from PIL import Image
 
 import worldnet.models.predictor as predictor_module
-from flows.serve import ServeLimits, create_app, land_outlines
+from flows.serve import LARGE_DECODE_PIXELS, ServeLimits, create_app, decode_request, land_outlines
 from tasks.registry import MODEL_CODE, PIP_REQUIREMENTS, example_photo, model_signature
 from worldnet.models.predictor import Predictor
 
@@ -203,6 +203,23 @@ def test_a_slow_decode_never_holds_up_another_request(server, monkeypatch):
             release.set()
         res = first.result(60)
     assert res.status_code == 200 and res.json()["predictions"][0]["status"] == "ok", res.text
+
+
+def test_full_size_decodings_wait_for_a_slot_and_small_photos_never_do(predictor):
+    """Concurrent requests hold at most ``large_decodes`` full-size decodings; a photo under LARGE_DECODE_PIXELS skips the queue."""
+    large, limits = threading.Semaphore(1), ServeLimits(max_photo_bytes=200_000)
+    big = _png((4000, LARGE_DECODE_PIXELS // 4000))
+    assert predictor.decoded_pixels([big, _jpeg((4000, 3000))]) == [LARGE_DECODE_PIXELS, 500 * 375]  # the JPEG at its draft scale
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert large.acquire(timeout=5)  # another request is decoding a large photo
+        try:
+            waiting = pool.submit(decode_request, predictor, [big], ["big.png"], limits, large)
+            small = decode_request(predictor, [_jpeg((4000, 3000))], ["small.jpg"], limits, large)
+            assert small.good == [0] and not waiting.done()
+        finally:
+            large.release()
+        decoded = waiting.result(60)
+    assert decoded.good == [0] and decoded.answers[0].status == "ok" and decoded.framed[0].shape == small.framed[0].shape
 
 
 def test_the_page_and_its_offline_map(server):

@@ -499,9 +499,9 @@ class Predictor:
         """
         return self._decode([PhotoAnswer(n, "ok") for n in names], photos, max_bytes)
 
-    def decoded_pixels(self, photos: list[bytes], max_bytes: int = MAX_PHOTO_BYTES) -> int:
-        """Pixels :meth:`decode` would decode for ``photos``, from their headers alone (:func:`decoded_pixels`)."""
-        return sum(decoded_pixels(b, self.shard_spec.width, self.shard_spec.height, max_bytes) for b in photos)
+    def decoded_pixels(self, photos: list[bytes], max_bytes: int = MAX_PHOTO_BYTES) -> list[int]:
+        """Pixels :meth:`decode` would decode for each photo, from its header alone (:func:`decoded_pixels`)."""
+        return [decoded_pixels(b, self.shard_spec.width, self.shard_spec.height, max_bytes) for b in photos]
 
     def _decode(self, answers: list[PhotoAnswer], photos: list[bytes], max_bytes: int) -> DecodedPhotos:
         """Each photo framed and decoded for the backbone; a bad one gets its status in ``answers``.
