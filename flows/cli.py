@@ -11,12 +11,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flows.env import apply_local_defaults
 from flows.guard import start_guard
+
+if TYPE_CHECKING:
+    from worldnet.models.predictor import Predictor
 
 apply_local_defaults()
 
@@ -717,21 +720,13 @@ def predict(
     ] = False,
 ) -> None:
     """Predict lat, lon, country and continent for photos, with the top clusters; with --place, once for all of them."""
-    from worldnet.models.predictor import ImageInputError, Predictor
+    from worldnet.models.predictor import ImageInputError
 
     if top_k < 1:
         raise _fail(f"--top-k {top_k}: list at least one cluster")
     try:
-        if model.startswith("models:/"):
-            from tasks.tracking import registry_model_file
-
-            model_path = registry_model_file(model, root)
-        else:
-            model_path = Path(model)
         _check_engine(engine, "cpu")
-        from worldnet.catalog import Catalog
-
-        predictor = Predictor.load(model_path, engine=engine, graphs_dir=Catalog.from_yaml(root).path("onnx_graphs"))
+        predictor, _ = _load_predictor(model, root, engine)
     except _user_errors() as exc:
         raise _user_error(exc) from None
     if place:
@@ -767,6 +762,37 @@ def predict(
     raise typer.Exit(status)
 
 
+def _load_predictor(model: str, root: Path, engine: str) -> tuple[Predictor, str]:
+    """The predictor that answers ``predict`` and ``serve``, and its label (``worldnet v3 (@champion)``, or the file's name).
+
+    ``auto`` and ``onnx``: the backbone's graph in ONNX Runtime, the classifier and head in numpy, and a registry URI
+    resolved from the catalog's ``model_cache`` when the store still names the same bytes; neither PyTorch, MLflow nor
+    Prefect is imported (:mod:`worldnet.models.fast`, :mod:`tasks.model_cache`). ``torch``: the path before, all PyTorch,
+    the registry through MLflow.
+    """
+    from worldnet.catalog import Catalog
+    from worldnet.models.fast import load_predictor
+
+    graphs = Catalog.from_yaml(root).path("onnx_graphs")
+    if engine == "torch":
+        from worldnet.models.predictor import Predictor
+
+        if model.startswith("models:/"):
+            from tasks.tracking import registry_label, registry_model_file
+
+            path, label = registry_model_file(model, root), registry_label(model)
+        else:
+            path, label = Path(model), Path(model).name
+        return Predictor.load(path, engine="torch", graphs_dir=graphs), label
+    from tasks.model_cache import cache_dir, resolve
+
+    if model.startswith("models:/"):
+        found = resolve(model, root)
+        dirs = [found.graphs, graphs] if found.graphs is not None else [graphs]
+        return load_predictor(found.model, engine=engine, graph_dirs=dirs, twin_dir=found.model.parent), found.label
+    return load_predictor(model, engine=engine, graph_dirs=[graphs], twin_dir=cache_dir(root) / "twins"), Path(model).name
+
+
 @app.command()
 def serve(
     model: Annotated[
@@ -791,8 +817,6 @@ def serve(
     import math
 
     from flows.serve import ServeLimits, serve
-    from worldnet.catalog import Catalog
-    from worldnet.models.predictor import Predictor
 
     try:
         _check_engine(engine, "cpu")
@@ -805,13 +829,7 @@ def serve(
         if not (math.isfinite(max_request_megapixels) and max_request_megapixels > 0):
             raise ValueError(f"--max-request-megapixels {max_request_megapixels}: choose a finite number of megapixels > 0 (default 100)")
         _check_port(host, port)  # before the model loads: a busy port is answered in a second
-        if model.startswith("models:/"):
-            from tasks.tracking import registry_label, registry_model_file
-
-            model_path, label = registry_model_file(model, root), registry_label(model)
-        else:
-            model_path, label = Path(model), Path(model).name
-        predictor = Predictor.load(model_path, engine=engine, graphs_dir=Catalog.from_yaml(root).path("onnx_graphs"))
+        predictor, label = _load_predictor(model, root, engine)
     except _user_errors() as exc:
         raise _user_error(exc, debug) from None
     limits = ServeLimits(

@@ -32,6 +32,7 @@ from worldnet.data.ingest import reject_counts
 from worldnet.data.shards import ShardSpec
 from worldnet.io import write_bytes_atomic, write_with_atomic
 from worldnet.models.batch import collect_predictions, csv_places, folder_places, photo_table, place_table
+from worldnet.models.fast import twin_file
 from worldnet.models.predictor import load_worldnet
 from worldnet.storage import as_path
 
@@ -146,6 +147,7 @@ def _predict_batch(
 ) -> dict[str, Any]:
     """The body of :func:`predict_batch`, under its batch lock."""
     write_bytes_atomic(cat.path("batch_model"), resolve_model(model, tracking_root(root)))
+    twin_file(cat.path("batch_model"), cat.path("batch_model").parent)  # its numpy twin beside it: workers answer without PyTorch
     parts = cat.path("batch_prediction_parts")
     if parts.exists():  # a batch describes the photos given now: an earlier run's rows (other photos, another model) go
         parts.fs.rm(parts.path, recursive=True)

@@ -83,7 +83,7 @@ class PipelineConfig:
     #: The input dataset, or several read together (each with its own layout; see :func:`worldnet.data.ingest.ingest_many`).
     data_root: str | list[str] = ".worldnet/data/synthetic"
     root: str = ".worldnet"
-    dataset_kind: str = "gsv_cities"
+    dataset_kind: str = "auto"
     strict: bool = False
     debias_strategy: str = "balance_continents"
     debias_cap: int = 100

@@ -33,6 +33,7 @@ from worldnet.features.engine import OnnxBackbone, build_engine
 from worldnet.features.extract import extract_features
 from worldnet.features.names import View
 from worldnet.models.batch import predict_shard
+from worldnet.models.fast import load_predictor
 from worldnet.models.predictor import Predictor
 from worldnet.parallel import default_workers
 from worldnet.storage import as_path, shared_across_processes
@@ -142,8 +143,12 @@ extract_one_task = task(name="extract-one", task_run_name="extract-{shard}", **P
 
 @lru_cache(maxsize=2)
 def cached_predictor(model_url: str, engine: str = "auto", graphs_dir: str | None = None, threads: int | None = None) -> Predictor:
-    """Load each model once per process (a Dask worker predicts many shards)."""
-    return Predictor.load(as_path(model_url), engine=engine, graphs_dir=graphs_dir, threads=threads)
+    """Load each model once per process (a Dask worker predicts many shards): ONNX Runtime and numpy, or PyTorch for ``torch``.
+
+    The batch's model file has its numpy twin beside it (``flows.predict`` writes it), so a worker builds no
+    backbone in PyTorch (:func:`worldnet.models.fast.load_predictor`).
+    """
+    return load_predictor(as_path(model_url), engine=engine, graph_dirs=[graphs_dir] if graphs_dir else [], threads=threads)
 
 
 def _predict_one(

@@ -37,14 +37,16 @@ class WorldNetPhotos(PythonModel):
     """Geolocate base64 photos (see the module docstring)."""
 
     def load_context(self, context: Any) -> None:
-        from worldnet.models.predictor import MAX_PHOTO_BYTES, Predictor
+        from worldnet.models.fast import load_predictor
+        from worldnet.models.predictor import MAX_PHOTO_BYTES
 
         config = context.model_config or {}
         self.allow_paths = bool(config.get("allow_paths", False))
         self.max_bytes = int(config.get("max_photo_bytes", MAX_PHOTO_BYTES))
         graphs = context.artifacts.get("onnx_graphs")
-        self.predictor = Predictor.load(
-            context.artifacts["worldnet"], engine=str(config.get("engine", "auto")), graphs_dir=Path(graphs).parent if graphs else None
+        # the numpy twin (artifact worldnet_twin) sits beside the .pt; a model registered before twins existed gets one made
+        self.predictor = load_predictor(
+            context.artifacts["worldnet"], engine=str(config.get("engine", "auto")), graph_dirs=[Path(graphs).parent] if graphs else []
         )
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import tempfile
 from contextlib import ExitStack, redirect_stderr
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tasks.lineage import stage_run
 from tasks.tracking import MODEL_NAME, SHA256_TAG, file_hash
 from worldnet.features.engine import OnnxBackbone, build_engine
 from worldnet.head_modes import resolve_head_mode
+from worldnet.models.fast import twin_file
 from worldnet.models.predictor import load_worldnet
 from worldnet.storage import local_copy
 
@@ -86,6 +88,33 @@ def _current_champion_scores(client: MlflowClient) -> dict[str, Any] | None:
     return {"seen": m["seen_mean_km"], "unseen": m["unseen_mean_km"], "split": run.data.tags.get("split_sha256", "")}
 
 
+def register_model_file(model: Path, graph: Path | None = None, twin: Path | None = None) -> str:
+    """Log a worldnet ``.pt`` as the pyfunc model in the active run and register it as a new version of ``worldnet``.
+
+    Its ONNX graph and numpy twin ship beside it (artifacts ``onnx_graphs`` and
+    ``worldnet_twin``), so serving needs no export and an answer needs no
+    PyTorch (:mod:`tasks.model_cache`); the version is tagged with the ``.pt``'s
+    sha256 (:data:`~tasks.tracking.SHA256_TAG`), checked at every load. Returns the version.
+    """
+    artifacts = {"worldnet": str(model)}
+    if graph is not None:
+        artifacts["onnx_graphs"] = str(graph)
+    if twin is not None:
+        artifacts["worldnet_twin"] = str(twin)
+    info = mlflow.pyfunc.log_model(
+        name="predictor",
+        python_model=str(MODEL_CODE),
+        artifacts=artifacts,
+        signature=model_signature(),
+        input_example=pd.DataFrame({"photo": [example_photo()]}),
+        pip_requirements=PIP_REQUIREMENTS,
+    )
+    with redirect_stderr(io.StringIO()):  # MLflow prints "Registered model ... already exists" there; the CLI says what happened
+        version = str(mlflow.register_model(info.model_uri, MODEL_NAME).version)
+    MlflowClient().set_model_version_tag(MODEL_NAME, version, SHA256_TAG, file_hash(model))  # checked at every load
+    return version
+
+
 @task(name="register", retries=1, retry_delay_seconds=2)
 def register_task(cfg: PipelineConfig, scores: dict[str, float], parent_run_id: str | None = None) -> dict[str, Any]:
     """Log + register the seen-protocol predictor; set challenger, maybe champion."""
@@ -100,20 +129,10 @@ def register_task(cfg: PipelineConfig, scores: dict[str, float], parent_run_id: 
         mlflow.set_tag("split_sha256", split_hash)
         wn, backbone, _ = load_worldnet(local_model)
         engine = build_engine(backbone, cfg.backbone_weights, wn.frame, view=wn.view, engine="onnx", graphs_dir=cat.path("onnx_graphs"))
-        artifacts = {"worldnet": str(local_model)}
-        if isinstance(engine, OnnxBackbone):  # shipped with the model, so serving needs no export
-            artifacts["onnx_graphs"] = str(stack.enter_context(local_copy(engine.path)))
-        info = mlflow.pyfunc.log_model(
-            name="predictor",
-            python_model=str(MODEL_CODE),
-            artifacts=artifacts,
-            signature=model_signature(),
-            input_example=pd.DataFrame({"photo": [example_photo()]}),
-            pip_requirements=PIP_REQUIREMENTS,
-        )
-        with redirect_stderr(io.StringIO()):  # MLflow prints "Registered model ... already exists" there; the CLI says what happened
-            version = str(mlflow.register_model(info.model_uri, MODEL_NAME).version)
-        client.set_model_version_tag(MODEL_NAME, version, SHA256_TAG, file_hash(local_model))  # checked at every load
+        graph = stack.enter_context(local_copy(engine.path)) if isinstance(engine, OnnxBackbone) else None
+        twin_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="worldnet-twin-")))
+        twin = stack.enter_context(local_copy(twin_file(model_file, twin_dir)))
+        version = register_model_file(local_model, graph, twin)
         client.set_registered_model_alias(MODEL_NAME, "challenger", version)
         champion = _current_champion_scores(client)
         if champion is None:

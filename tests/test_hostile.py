@@ -311,8 +311,25 @@ def test_byte_identical_photos_are_reported_and_kept_on_one_side_of_every_split(
     assert rejects.height == 0 and manifest.height == _good_rows(world)  # reported, never dropped
     twins = manifest.filter(manifest["duplicate_of"].is_not_null())
     assert twins.height == 6 and twins["duplicate_of"].n_unique() == 3
-    assert "6 byte-identical photos in 3 groups" in input_summary(manifest.height, manifest=manifest).line()
+    assert "6 byte-identical photos in 3 groups, each kept on one side" in input_summary(manifest.height, manifest=manifest).line()
     for seed in range(5):
         splits = make_splits(manifest, n_unseen=1, seed=seed).join(manifest.select("image_id", "duplicate_of"), on="image_id")
         sides = splits.filter(splits["duplicate_of"].is_not_null()).group_by("duplicate_of").agg(pl.col("seen").n_unique().alias("n"))
         assert sides["n"].max() == 1
+
+
+def test_a_dataset_of_linked_photos_is_read_and_fingerprinted(world, tmp_path):
+    """A subset assembled with symlinks (no copies): every photo read, and the input hash names them inside the subset."""
+    from tasks.records import content_hash
+    from worldnet.storage import as_path
+
+    subset = tmp_path / "subset"
+    (subset / "Dataframes").mkdir(parents=True)
+    for c in CITIES:
+        (subset / "Dataframes" / f"{c}.csv").write_bytes((world / "Dataframes" / f"{c}.csv").read_bytes())
+        (subset / "Images" / c).mkdir(parents=True)
+        for photo in (world / "Images" / c).glob("*.jpg"):
+            (subset / "Images" / c / photo.name).symlink_to(photo)
+    manifest, rejects = ingest("gsv_cities", subset)
+    assert manifest.height == _good_rows(world) and rejects.height == 0
+    assert len(content_hash(as_path(subset), raw=True)) == 64

@@ -14,16 +14,25 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import yaml
 from upath import UPath
 
 from worldnet.io import write_with_atomic
 from worldnet.storage import as_path, is_local, read_parquet
 
-DEFAULT_CATALOG = Path(__file__).resolve().parents[1] / "data_catalog" / "catalog.yml"
+if TYPE_CHECKING:  # polars only for tabular artifacts; resolving a path needs none
+    import polars as pl
+
+def _default_catalog() -> Path:
+    """``data_catalog/catalog.yml``, found as package data: from a source tree, an editable or a plain ``pip install .``."""
+    from importlib.resources import files
+
+    return Path(str(files("data_catalog").joinpath("catalog.yml")))
+
+
+DEFAULT_CATALOG = _default_catalog()
 DEFAULT_ROOT = Path(".worldnet")
 
 

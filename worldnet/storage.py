@@ -28,11 +28,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 from upath import UPath
+
+if TYPE_CHECKING:  # polars costs a third of a second to import; the answer path reads no Parquet
+    import polars as pl
 
 #: fsspec protocols that are this machine's own filesystem.
 LOCAL_PROTOCOLS = ("", "file", "local")
@@ -72,6 +74,12 @@ def url(path: str | os.PathLike[str] | UPath) -> str:
 def relative_to(path: UPath, root: UPath) -> str:
     """``path`` relative to ``root``, as a POSIX string."""
     if is_local(path) and is_local(root):
+        # as written first: a photo linked in from elsewhere (a subset assembled without copying) is still under the
+        # folder it was listed from, though its target is not
+        lexical = Path(os.path.abspath(local_path(path)))
+        base = Path(os.path.abspath(local_path(root)))
+        if lexical.is_relative_to(base):
+            return lexical.relative_to(base).as_posix()
         return local_path(path).resolve().relative_to(local_path(root).resolve()).as_posix()
     p, r = str(path).rstrip("/"), str(root).rstrip("/")
     if not p.startswith(r + "/"):
@@ -89,6 +97,8 @@ def sorted_glob(folder: str | os.PathLike[str] | UPath, pattern: str) -> list[UP
 
 def read_parquet(path: str | os.PathLike[str] | UPath, columns: list[str] | None = None) -> pl.DataFrame:
     """Read a Parquet file from any backend."""
+    import polars as pl
+
     p = as_path(path)
     if is_local(p):
         return pl.read_parquet(local_path(p), columns=columns)

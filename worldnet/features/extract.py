@@ -37,18 +37,13 @@ from worldnet.data.shards import shard_paths
 from worldnet.features.backbones import Backbone, BackboneSpec, saved_view
 from worldnet.features.engine import OnnxBackbone
 from worldnet.features.names import View
-from worldnet.features.preprocess import decode_to_input, normalise_batch
+from worldnet.features.preprocess import decode_for, normalise_batch
 from worldnet.features.runtime import tune_cpu_allocator
 from worldnet.io import write_text_atomic, write_with_atomic
 from worldnet.parallel import default_workers
 from worldnet.storage import as_path, load_npy, npy_rows, read_parquet, sorted_glob
 
 LABEL_COLUMNS = ["image_id", "city", "lat", "lon", "continent", "seen", "unseen", "place_id"]
-
-
-def decode_for(spec: BackboneSpec, data: bytes) -> np.ndarray:
-    """JPEG bytes → uint8 array at the backbone's input size: the one decoding of training, predict and serving."""
-    return decode_to_input(data, spec.input_size)
 
 
 @dataclass

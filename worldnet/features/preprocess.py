@@ -1,15 +1,23 @@
-"""Turn decoded images into the normalised tensors a backbone expects."""
+"""Turn decoded images into the normalised tensors a backbone expects.
+
+Light to import (torch only inside :func:`normalise_batch`): decoding is the
+same for training, ``predict`` and the server, and the answer path runs it
+without PyTorch.
+"""
 
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from worldnet.data.photos import to_rgb8
-from worldnet.features.backbones import BackboneSpec
+from worldnet.features.specs import BackboneSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 def load_rgb(data: bytes, size: tuple[int, int]) -> Image.Image:
@@ -57,6 +65,11 @@ def _resized(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.array(img, dtype=np.uint8)
 
 
+def decode_for(spec: BackboneSpec, data: bytes) -> np.ndarray:
+    """JPEG bytes → uint8 array at the backbone's input size: the one decoding of training, predict and serving."""
+    return decode_to_input(data, spec.input_size)
+
+
 def to_array(img: Image.Image, spec: BackboneSpec) -> np.ndarray:
     """Resize to the backbone's input size; uint8 HWC (normalised later, in batches)."""
     return _resized(img, spec.input_size)
@@ -69,6 +82,8 @@ def normalise_batch(batch_u8: torch.Tensor, spec: BackboneSpec, channels_last: b
     float copy already has the layout the model wants; ``(x/255 - mean)/std``
     is then two in-place passes instead of four passes and two temporaries.
     """
+    import torch
+
     dev = batch_u8.device
     std = torch.tensor(spec.std, device=dev, dtype=torch.float32).view(1, 3, 1, 1)
     mean = torch.tensor(spec.mean, device=dev, dtype=torch.float32).view(1, 3, 1, 1)

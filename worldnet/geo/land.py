@@ -17,22 +17,38 @@ most ``L = max_segment_deg * 111.2 km``; its closer end vertex is at most L/2
 from it. So the snapped point is a real coastline vertex, and the reported
 distance exceeds the true distance to the coast by at most L/2 (0.56 km at the
 default 0.01°). That is well below the 10m data's own ~1 km accuracy.
+
+Cost. Densifying the 10m data gives 2 million coastline vertices; building
+the polygons, the STRtree and the k-d tree took about 2 s per process. The
+densified polygons are prepared once in the user's cache (beside the
+countries, :mod:`worldnet.geo.naturalearth`, keyed by the same data hash) and
+loaded in tens of milliseconds; the k-d tree is built only when a query
+needs it. A few points at sea (one photo's answer) are looked up exactly
+without it: the nearest of a sample of vertices bounds the distance, so only
+vertices within that many degrees of latitude are measured, in the same
+chord metric (:meth:`LandMesh.nearest_coast`; ``tests/geo/test_land_prepared.py``
+checks that both lookups agree).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import shapely
 from numpy.typing import ArrayLike, NDArray
-from scipy.spatial import cKDTree
 
-from worldnet.geo.naturalearth import Countries, load_countries
+from worldnet.geo.naturalearth import Countries, data_key, load_countries, prepared_dir, read_prepared, write_prepared
 from worldnet.geo.sphere import EARTH_RADIUS_KM, haversine_km, latlon_to_xyz
 
 DEFAULT_MAX_SEGMENT_DEG = 0.01
+
+#: Up to this many points at sea are looked up without the k-d tree (see :meth:`LandMesh.nearest_coast`).
+FEW_POINTS = 32
+#: Every this-many-th coastline vertex bounds a few points' search (:meth:`LandMesh.nearest_coast`).
+SAMPLE_STRIDE = 16
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,56 @@ class LandMesh:
         self._coast_lon = coords[:, 0]
         self._coast_lat = coords[:, 1]
         self._coast_country = part_country[idx]
-        self._kdtree = cKDTree(latlon_to_xyz(self._coast_lat, self._coast_lon))
+        self._kd: Any = None
+        self._sample: tuple[NDArray[np.int64], NDArray[np.float64]] | None = None
+
+    @classmethod
+    def from_prepared(cls, countries: Countries, max_segment_deg: float, a: dict[str, np.ndarray]) -> LandMesh:
+        """The mesh from :meth:`prepared` arrays: the densified polygons as ragged coordinates, nothing recomputed.
+
+        Raises:
+            ValueError: The arrays do not describe ``countries``.
+        """
+        coords, rings, polys, part_country = a["coords"], a["ring_offsets"], a["part_offsets"], a["part_country"]
+        if len(polys) != len(part_country) + 1 or part_country.max(initial=0) >= len(countries) or rings[-1] != len(coords):
+            raise ValueError("prepared land arrays that do not match the countries")
+        self = cls.__new__(cls)
+        self.countries = countries
+        self.max_segment_deg = max_segment_deg
+        self._parts = shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, (rings, polys))
+        self._part_country = part_country
+        self._tree = shapely.STRtree(self._parts)
+        # the polygons' rings in order are their boundaries' coordinates (what __init__ reads): the same arrays
+        ring_part = np.repeat(np.arange(len(polys) - 1), np.diff(polys))
+        self._coast_lon = coords[:, 0]
+        self._coast_lat = coords[:, 1]
+        self._coast_country = part_country[np.repeat(ring_part, np.diff(rings))]
+        self._kd = None
+        self._sample = None
+        return self
+
+    def prepared(self) -> dict[str, np.ndarray] | None:
+        """The arrays :meth:`from_prepared` reads, or None if they would not give back exactly this mesh."""
+        kind, coords, (rings, polys) = shapely.to_ragged_array(self._parts)
+        ring_part = np.repeat(np.arange(len(polys) - 1), np.diff(polys))
+        same = (
+            kind == shapely.GeometryType.POLYGON
+            and np.array_equal(coords[:, 0], self._coast_lon)
+            and np.array_equal(coords[:, 1], self._coast_lat)
+            and np.array_equal(self._part_country[np.repeat(ring_part, np.diff(rings))], self._coast_country)
+        )
+        if not same:
+            return None
+        return {"coords": coords, "ring_offsets": rings, "part_offsets": polys, "part_country": self._part_country}
+
+    @property
+    def _kdtree(self) -> Any:
+        """The k-d tree of the coastline's unit vectors, built on first use (about a second)."""
+        if self._kd is None:
+            from scipy.spatial import cKDTree
+
+            self._kd = cKDTree(latlon_to_xyz(self._coast_lat, self._coast_lon))
+        return self._kd
 
     @property
     def error_bound_km(self) -> float:
@@ -110,11 +175,52 @@ class LandMesh:
     def nearest_coast(
         self, lat: ArrayLike, lon: ArrayLike
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
-        """Nearest coastline vertex of each point: (lat, lon, km, country index)."""
+        """Nearest coastline vertex of each point: (lat, lon, km, country index).
+
+        Nearest by chord between unit vectors (monotone in great-circle
+        distance). Up to :data:`FEW_POINTS` points are searched without the k-d
+        tree (:meth:`_nearest_few`); more, or a point equally near two vertices
+        that differ, go through the tree, so either way the answer is the tree's.
+        """
         la, lo = _as_points(lat, lon)
-        _, idx = self._kdtree.query(latlon_to_xyz(la, lo))
+        idx = self._nearest_few(la, lo) if len(la) <= FEW_POINTS else None
+        if idx is None:
+            _, idx = self._kdtree.query(latlon_to_xyz(la, lo))
         clat, clon = self._coast_lat[idx], self._coast_lon[idx]
         return clat, clon, haversine_km(la, lo, clat, clon), self._coast_country[idx]
+
+    def _nearest_few(self, la: NDArray[np.float64], lo: NDArray[np.float64]) -> NDArray[np.int64] | None:
+        """The nearest coastline vertex of each of a few points, exactly, or None where the k-d tree must decide.
+
+        The nearest of every :data:`SAMPLE_STRIDE`-th vertex is at chord ``d``,
+        so the nearest vertex of all lies within the angle ``2·asin(d/2)``, hence
+        within as many degrees of latitude: only those vertices are measured.
+        A tie (two vertices within a micrometre of the same distance, at
+        different places or in different countries) is left to the tree, whose
+        choice among ties this cannot know.
+        """
+        if self._sample is None:
+            pick = np.arange(0, len(self._coast_lat), SAMPLE_STRIDE)
+            self._sample = (pick, latlon_to_xyz(self._coast_lat[pick], self._coast_lon[pick]))
+        _, sample_xyz = self._sample
+        out = np.empty(len(la), dtype=np.int64)
+        for i, q in enumerate(latlon_to_xyz(la, lo)):
+            bound = float(np.sqrt(((sample_xyz - q) ** 2).sum(axis=1).min()))
+            reach = np.degrees(2 * np.arcsin(min(1.0, bound / 2))) + 1e-6
+            near = np.flatnonzero(np.abs(self._coast_lat - la[i]) <= reach)
+            d = np.sqrt(((latlon_to_xyz(self._coast_lat[near], self._coast_lon[near]) - q) ** 2).sum(axis=1))
+            best = near[d <= d.min() * (1 + 1e-12) + 1e-12]
+            if len(best) > 1:
+                first = best[0]
+                alike = (
+                    (self._coast_lat[best] == self._coast_lat[first]).all()
+                    and (self._coast_lon[best] == self._coast_lon[first]).all()
+                    and (self._coast_country[best] == self._coast_country[first]).all()
+                )
+                if not alike:
+                    return None
+            out[i] = best[0]
+        return out
 
     def snap(self, lat: ArrayLike, lon: ArrayLike) -> SnapResult:
         """Move points in the sea to the nearest land; leave points on land alone."""
@@ -154,8 +260,20 @@ def _as_points(lat: ArrayLike, lon: ArrayLike) -> tuple[NDArray[np.float64], NDA
 
 @lru_cache(maxsize=2)
 def land_mesh(max_segment_deg: float = DEFAULT_MAX_SEGMENT_DEG) -> LandMesh:
-    """The process-wide land mesh (built on first use, about 2-3 s)."""
-    return LandMesh(load_countries(), max_segment_deg)
+    """The process-wide land mesh: from its prepared file (tens of ms), else built (about 2 s) and prepared for next time."""
+    countries = load_countries()
+    path = prepared_dir() / f"land-{data_key()}-{max_segment_deg:g}.npz"
+    arrays = read_prepared(path)
+    if arrays is not None:
+        try:
+            return LandMesh.from_prepared(countries, max_segment_deg, arrays)
+        except (KeyError, ValueError, IndexError, shapely.errors.GEOSException):
+            pass  # a damaged prepared file: build the mesh again and replace it
+    mesh = LandMesh(countries, max_segment_deg)
+    prepared = mesh.prepared()
+    if prepared is not None:
+        write_prepared(path, prepared)
+    return mesh
 
 
 def is_land(lat: ArrayLike, lon: ArrayLike) -> NDArray[np.bool_]:

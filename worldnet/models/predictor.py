@@ -9,28 +9,33 @@ before the head (:meth:`Predictor.answer_place`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 from upath import UPath
 
+from worldnet.data.frame import MAX_PIXELS, ShardSpec, frame_photo
 from worldnet.data.photos import HEAD_BYTES, describe_head, sniff_format
-from worldnet.data.shards import MAX_PIXELS, ShardSpec, frame_photo
-from worldnet.features.backbones import Backbone, saved_view
-from worldnet.features.engine import OnnxBackbone, build_engine
-from worldnet.features.extract import decode_for
 from worldnet.features.names import View
-from worldnet.features.preprocess import normalise_batch
+from worldnet.features.onnx_graph import OnnxBackbone
+from worldnet.features.preprocess import decode_for
+from worldnet.features.specs import saved_view
 from worldnet.geo.land import snap_to_land
 from worldnet.geo.regions import continent_of, country_of
 from worldnet.io import write_with_atomic
-from worldnet.models.worldnet_model import CentroidClassifier, ClassifierFit, InterpolationHead, Standardiser, WorldNet
 from worldnet.storage import as_path
+
+if TYPE_CHECKING:  # the answer path (ONNX Runtime and numpy: worldnet.models.numpy_model) never imports torch
+    import torch
+
+    from worldnet.features.backbones import Backbone
+    from worldnet.models.numpy_model import NumpyWorldNet
+    from worldnet.models.worldnet_model import ClassifierFit, Standardiser, WorldNet
 
 
 class ImageInputError(ValueError):
@@ -38,6 +43,8 @@ class ImageInputError(ValueError):
 
 
 def _linear(seq: torch.nn.Sequential, i: int) -> torch.nn.Linear:
+    import torch
+
     layer = seq[i]
     if not isinstance(layer, torch.nn.Linear):
         raise TypeError(f"expected a Linear layer at position {i}, found {type(layer).__name__}")
@@ -53,12 +60,18 @@ def save_worldnet(
     frame: tuple[int, int] | None = None,
     view: View | None = None,
 ) -> UPath:
-    """Write a trained worldNET and its settings to one file, atomically.
+    """Write a trained worldNET and its settings to one file, atomically, and its numpy twin beside it.
 
     ``frame`` (width, height) is how its training photos were framed and
     ``view`` how the backbone looked at them; photos given to the predictor are
     framed and viewed the same way (None: the 4:3 default, the backbone's view).
+    The twin (``{stem}.npz``, :mod:`worldnet.models.numpy_model`) is what
+    answers a photo without PyTorch; it records the sha256 of this ``.pt``.
     """
+    import torch
+
+    from worldnet.models.numpy_model import twin_path, write_twin
+
     framed = frame or wn.frame
     viewed = view or wn.view or View()
     blob: dict[str, object] = {
@@ -79,12 +92,15 @@ def save_worldnet(
         "head": wn.head.state_dict(),
         "metrics": {k: float(v) for k, v in wn.metrics.items()},
     }
-    _torch_save_atomic(blob, path)
+    data = _torch_save_atomic(blob, path)
+    write_twin(twin_path(path), blob, hashlib.sha256(data).hexdigest())
     return as_path(path)
 
 
 def save_classifier(fit: ClassifierFit, path: str | Path | UPath) -> UPath:
     """Write the classifier stage's output (standardiser + classifier + metrics), atomically."""
+    import torch
+
     blob = {
         "mean": torch.from_numpy(fit.standardiser.mean),
         "std": torch.from_numpy(fit.standardiser.std),
@@ -108,6 +124,8 @@ def _torch_load(path: str | Path | UPath) -> dict[str, Any]:
 
     ``weights_only=True``: a file holding pickled code is refused, never run.
     """
+    import torch
+
     p = as_path(path)
     if not p.is_file():
         raise FileNotFoundError(f"model file {path} not found: pass a worldnet .pt file or models:/worldnet@champion")
@@ -127,6 +145,8 @@ def _torch_load(path: str | Path | UPath) -> dict[str, Any]:
 
 def load_classifier(path: str | Path | UPath) -> ClassifierFit:
     """Load what :func:`save_classifier` wrote."""
+    from worldnet.models.worldnet_model import CentroidClassifier, ClassifierFit
+
     blob = _torch_load(path)
     dim, hidden, k = blob["dims"]
     clf = CentroidClassifier(dim, k, hidden, kind=str(blob.get("classifier_kind", "mlp")), members=int(blob.get("members", 1)))
@@ -137,20 +157,26 @@ def load_classifier(path: str | Path | UPath) -> ClassifierFit:
 
 def _standardiser(blob: dict[str, Any]) -> Standardiser:
     """The saved standardiser; models saved before the feature power existed used the features as extracted (power 1)."""
+    from worldnet.models.worldnet_model import Standardiser
+
     return Standardiser(blob["mean"].numpy(), blob["std"].numpy(), float(blob.get("power", 1.0)))
 
 
-def _torch_save_atomic(blob: dict[str, object], path: str | Path | UPath) -> None:
-    def _w(tmp: Path) -> None:
-        buf = io.BytesIO()
-        torch.save(blob, buf)
-        tmp.write_bytes(buf.getvalue())
+def _torch_save_atomic(blob: dict[str, object], path: str | Path | UPath) -> bytes:
+    """Write ``blob`` with ``torch.save`` atomically; returns the bytes written."""
+    import torch
 
-    write_with_atomic(path, _w)
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    data = buf.getvalue()
+    write_with_atomic(path, lambda tmp: tmp.write_bytes(data))
+    return data
 
 
 def load_worldnet(path: str | Path | UPath) -> tuple[WorldNet, str, bool]:
     """Load what :func:`save_worldnet` wrote: (model, backbone name, snap setting)."""
+    from worldnet.models.worldnet_model import CentroidClassifier, InterpolationHead, WorldNet
+
     blob = _torch_load(path)
     dim, hidden, head_hidden = blob["dims"]
     c = blob["centroids"].numpy()
@@ -349,7 +375,9 @@ def _decode_problem(exc: Exception) -> tuple[str, str]:
     return "corrupt_image", f"the photo could not be decoded (truncated or damaged): {type(exc).__name__}"
 
 
-def _predictions(model: WorldNet, latlon: np.ndarray, probs: np.ndarray, names: list[str], top_k: int, snap: bool) -> list[Prediction]:
+def _predictions(
+    model: WorldNet | NumpyWorldNet, latlon: np.ndarray, probs: np.ndarray, names: list[str], top_k: int, snap: bool
+) -> list[Prediction]:
     """Coordinates from the head (snapped to land if ``snap``) and distributions as :class:`Prediction` rows."""
     moved = np.zeros(len(latlon))
     if snap:
@@ -375,7 +403,9 @@ def _predictions(model: WorldNet, latlon: np.ndarray, probs: np.ndarray, names: 
     return out
 
 
-def predict_distributions(model: WorldNet, probs: np.ndarray, names: list[str], *, top_k: int = 3, snap: bool = True) -> list[Prediction]:
+def predict_distributions(
+    model: WorldNet | NumpyWorldNet, probs: np.ndarray, names: list[str], *, top_k: int = 3, snap: bool = True
+) -> list[Prediction]:
     """Answers for (N, K) distributions over ``model``'s centroids: its interpolation head, then land snapping.
 
     No backbone needed: ``predict-batch`` answers its places from the
@@ -384,8 +414,7 @@ def predict_distributions(model: WorldNet, probs: np.ndarray, names: list[str], 
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim != 2 or probs.shape[1] != len(model.centroid_names):
         raise ValueError(f"expected distributions over {len(model.centroid_names)} centroids, got shape {probs.shape}")
-    with torch.no_grad():
-        latlon = model.head(torch.from_numpy(probs)).numpy().astype(np.float64)
+    latlon = model.locate(probs)
     return _predictions(model, latlon, probs, names, top_k, snap)
 
 
@@ -426,7 +455,7 @@ def combine_views(probs: np.ndarray) -> np.ndarray:
 class Predictor:
     """A loaded model ready to geolocate photos."""
 
-    def __init__(self, model: WorldNet, backbone: Backbone | OnnxBackbone, snap: bool = True):
+    def __init__(self, model: WorldNet | NumpyWorldNet, backbone: Backbone | OnnxBackbone, snap: bool = True):
         self.model = model
         self.backbone = backbone
         self.snap = snap
@@ -446,7 +475,11 @@ class Predictor:
         """Load a model file with its backbone on ``engine`` (see :func:`~worldnet.features.engine.build_engine`).
 
         ``graphs_dir``: where ONNX graphs are cached (the catalog's ``onnx_graphs``); ``None`` exports in memory.
+        The classifier and head run in PyTorch; :func:`worldnet.models.fast.load_fast` loads the same model
+        without it (numpy and ONNX Runtime only).
         """
+        from worldnet.features.engine import build_engine
+
         wn, backbone, snap = load_worldnet(path)
         return cls(
             wn,
@@ -469,6 +502,10 @@ class Predictor:
         if isinstance(self.backbone, OnnxBackbone):
             out = self.backbone(images)
         else:
+            import torch
+
+            from worldnet.features.preprocess import normalise_batch
+
             with torch.inference_mode():
                 out = self.backbone(normalise_batch(torch.from_numpy(images), self.backbone.spec)).float().numpy()
         return out.astype(np.float16).astype(np.float32)

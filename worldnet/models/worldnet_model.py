@@ -606,6 +606,12 @@ class WorldNet:
             latlon = self.head(probs).numpy().astype(np.float64)
         return latlon, probs.numpy()
 
+    def locate(self, probs: np.ndarray) -> np.ndarray:
+        """(N, 2) lat/lon before land snapping for (N, K) distributions over the centroids: the interpolation head alone."""
+        with torch.no_grad():
+            out: np.ndarray = self.head(torch.from_numpy(np.asarray(probs, dtype=np.float32))).numpy().astype(np.float64)
+        return out
+
 
 @dataclass
 class ClassifierFit:
