@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_predict.py [--cold 5] [--warm 50] [--serve 3] [--photo PHOTO] [--workdir DIR]
     .venv/bin/python benchmarks/bench_predict.py --root .worldnet        # an existing catalog's champion
+    .venv/bin/python benchmarks/bench_predict.py --frame 400x300 --no-flip --input-height 224   # the fast view
 
 The fast path (``--engine auto``, the default) runs the backbone's ONNX graph
 in ONNX Runtime and the classifier and head in numpy, and reads the registry
@@ -48,8 +49,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_PHOTOS = REPO.parent / "shared" / "data" / "osv5m_sample" / "images"
 
 
-def build_catalog(root: Path, frame: tuple[int, int], flip: bool) -> None:
+def build_catalog(root: Path, frame: tuple[int, int], flip: bool, height: int | None = None) -> None:
     """A catalog whose champion is a worldNET over real Lite0 features' width (trained on random features), graph exported."""
+    from flows.env import apply_local_defaults
+
+    apply_local_defaults()  # MLflow as quiet as in a run
     import mlflow
 
     from tasks.registry import register_model_file
@@ -68,7 +72,7 @@ def build_catalog(root: Path, frame: tuple[int, int], flip: bool) -> None:
     X = rng.normal(size=(len(y), 1280)).astype(np.float32)
     cfg = TrainConfig(max_epochs=2, head_epochs=5, members=5)
     wn = fit_worldnet(X, y, cents[y], y.astype(str), X[:40], y[:40], cents, [f"cell{i:02d}" for i in range(k)], mode="crossfit", cfg=cfg)
-    wn.frame, wn.view = frame, View(None, flip)
+    wn.frame, wn.view = frame, View(height, flip)
     model = save_worldnet(wn, root / "04_models" / "seen" / "worldnet-crossfit.pt", backbone="efficientnet_lite0")
     t = time.perf_counter()
     graphs = Catalog.from_yaml(root).path("onnx_graphs")
@@ -166,6 +170,7 @@ def main() -> None:
     ap.add_argument("--photo", default=None, help="the photo (default: the first OSV-5M sample photo, else a synthetic 640×480 JPEG)")
     ap.add_argument("--frame", default="600x300", help="the stand-in model's frame, WxH")
     ap.add_argument("--no-flip", action="store_true", help="the stand-in model looks without the mirror image")
+    ap.add_argument("--input-height", type=int, default=None, help="pixels high the stand-in's backbone sees (default 300)")
     ap.add_argument("--cold", type=int, default=5)
     ap.add_argument("--warm", type=int, default=50)
     ap.add_argument("--serve", type=int, default=3)
@@ -174,7 +179,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.stage == "build":
         w, h = (int(v) for v in args.frame.lower().split("x"))
-        build_catalog(Path(args.root), (w, h), not args.no_flip)
+        build_catalog(Path(args.root), (w, h), not args.no_flip, args.input_height)
         return
     if args.stage == "warm":
         print(json.dumps(warm_latencies(args.root, args.photo, args.engine, args.warm)))
@@ -184,6 +189,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     root = Path(args.root) if args.root else work / "root"
     me = [sys.executable, __file__, "--frame", args.frame, *(["--no-flip"] if args.no_flip else [])]
+    me += ["--input-height", str(args.input_height)] if args.input_height else []
     if not args.root and not (root / "mlflow.db").is_file():  # in a child: this process stays small, so its children's
         subprocess.run([*me, "--stage", "build", "--root", str(root)], check=True)  # peak memory is their own
     shared = sorted(SHARED_PHOTOS.glob("*.jpg")) if SHARED_PHOTOS.is_dir() else []

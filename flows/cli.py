@@ -19,6 +19,8 @@ from flows.env import apply_local_defaults
 from flows.guard import start_guard
 
 if TYPE_CHECKING:
+    from upath import UPath
+
     from worldnet.models.predictor import Predictor
 
 apply_local_defaults()
@@ -788,7 +790,7 @@ def _load_predictor(model: str, root: Path, engine: str) -> tuple[Predictor, str
 
     if model.startswith("models:/"):
         found = resolve(model, root)
-        dirs = [found.graphs, graphs] if found.graphs is not None else [graphs]
+        dirs: list[Path | UPath] = [found.graphs, graphs] if found.graphs is not None else [graphs]
         return load_predictor(found.model, engine=engine, graph_dirs=dirs, twin_dir=found.model.parent), found.label
     return load_predictor(model, engine=engine, graph_dirs=[graphs], twin_dir=cache_dir(root) / "twins"), Path(model).name
 

@@ -73,7 +73,7 @@ def cache_dir(root: str | os.PathLike[str]) -> Path:
     """The catalog's ``model_cache``: registered models copied for answers, and twins of model files made here."""
     from worldnet.catalog import Catalog
 
-    return Path(Catalog.from_yaml(root).path("model_cache"))
+    return Path(str(Catalog.from_yaml(root).path("model_cache")))
 
 
 def _store(root: Path) -> Path | None:

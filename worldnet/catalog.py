@@ -25,6 +25,7 @@ from worldnet.storage import as_path, is_local, read_parquet
 if TYPE_CHECKING:  # polars only for tabular artifacts; resolving a path needs none
     import polars as pl
 
+
 def _default_catalog() -> Path:
     """``data_catalog/catalog.yml``, found as package data: from a source tree, an editable or a plain ``pip install .``."""
     from importlib.resources import files

@@ -14,7 +14,9 @@ from worldnet.features.specs import BASE_SPECS, backbone_spec
 VIEWS = [(None, None), ((64, 48), None), ((600, 300), View(None, True)), ((400, 300), View(224, False)), (None, View(160, True))]
 
 
-@pytest.mark.parametrize("name", ["tiny_random", "efficientnet_lite0", "efficientnet_lite0_random", "efficientnet_lite1", "efficientnet_lite2"])
+@pytest.mark.parametrize(
+    "name", ["tiny_random", "efficientnet_lite0", "efficientnet_lite0_random", "efficientnet_lite1", "efficientnet_lite2"]
+)
 def test_the_spec_without_building_is_the_built_spec(name):
     for frame, view in VIEWS:
         assert backbone_spec(name, frame, view) == build_backbone(name, frame=frame, view=view).spec, (name, frame, view)

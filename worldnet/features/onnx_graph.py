@@ -50,10 +50,13 @@ def onnx_name(spec: BackboneSpec, fingerprint: str) -> str:
     return f"{spec.name}-{fingerprint}-{h}x{w}{'-flip' if spec.flip else ''}-u8-opset{OPSET}.onnx"
 
 
-def onnx_session(graph: bytes, threads: int | None = None, batch: int | None = None) -> Any:
+def onnx_session(graph: bytes, threads: int | None = None, batch: int | None = None, spin: bool = True) -> Any:
     """An ONNX Runtime CPU session with every graph optimisation and ``threads`` intra-op threads (default: every core).
 
-    ``batch`` fixes the graph's batch dimension to that size (see :data:`FIXED_BATCH`).
+    ``batch`` fixes the graph's batch dimension to that size (see :data:`FIXED_BATCH`). ``spin``: the intra-op threads
+    busy-wait for the next run (ONNX Runtime's default), which suits batches run back to back; an answer path sets it
+    off, because between two photos the threads would spin on the cores that frame and decode the next one (one photo
+    at the 224-px view: 25-31 against 40-56 ms a photo on 2 cores, ``benchmarks/bench_predict.py``'s machine).
     """
     import onnxruntime as ort
 
@@ -64,6 +67,8 @@ def onnx_session(graph: bytes, threads: int | None = None, batch: int | None = N
     opts.log_severity_level = 3  # errors only
     if batch is not None:
         opts.add_free_dimension_override_by_name("batch", batch)
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(graph, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -73,24 +78,24 @@ class OnnxBackbone:
     Full batches of :data:`FIXED_BATCH` go through a session specialised to
     that size; the rest (a last partial batch, one photo from a server)
     through a dynamic one. Each session is made on first use: a command that
-    answers one photo never builds the fixed one (about a third of a second).
+    answers one photo never builds the fixed one. ``spin``: see :func:`onnx_session`.
     """
 
-    def __init__(self, spec: BackboneSpec, graph: bytes, path: str, threads: int | None = None):
-        self.spec, self.path, self._graph, self._threads = spec, path, graph, threads
+    def __init__(self, spec: BackboneSpec, graph: bytes, path: str, threads: int | None = None, spin: bool = True):
+        self.spec, self.path, self._graph, self._threads, self._spin = spec, path, graph, threads, spin
         self._fixed: Any = None
         self._dynamic: Any = None
 
     @property
     def fixed(self) -> Any:
         if self._fixed is None:
-            self._fixed = onnx_session(self._graph, self._threads, batch=FIXED_BATCH)
+            self._fixed = onnx_session(self._graph, self._threads, batch=FIXED_BATCH, spin=self._spin)
         return self._fixed
 
     @property
     def dynamic(self) -> Any:
         if self._dynamic is None:
-            self._dynamic = onnx_session(self._graph, self._threads)
+            self._dynamic = onnx_session(self._graph, self._threads, spin=self._spin)
         return self._dynamic
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Bundles the backbone name, the trained worldNET (standardiser, classifier,
 interpolation head, centroids) and the land-snap setting in one ``.pt`` file,
-loaded with ``weights_only=True``. Several photos of one place answer once:
+loaded with ``weights_only=True``, and its numpy twin beside it (``{stem}.npz``),
+which answers without PyTorch (:mod:`worldnet.models.fast`: this module imports
+torch only inside the functions that need it). Several photos of one place answer once:
 their distributions over the centroids are combined (:func:`combine_views`)
 before the head (:meth:`Predictor.answer_place`).
 """
