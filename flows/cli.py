@@ -404,7 +404,14 @@ def _print_results(result: dict, root: Path) -> None:
 
 @app.command()
 def run(
-    data_root: Annotated[list[Path] | None, typer.Option(help=DATA_ROOT_HELP)] = None,
+    data_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help=DATA_ROOT_HELP + " Default: the synthetic world (.worldnet/data/synthetic); with --only or --from, "
+            "the data root the catalog root's records name.",
+            metavar="PATH",
+        ),
+    ] = None,
     root: Annotated[
         str,
         typer.Option(
@@ -591,7 +598,7 @@ def demo(
 
 @app.command()
 def cv(
-    data_root: Annotated[list[Path], typer.Option(help=DATA_ROOT_HELP)],
+    data_root: Annotated[list[Path], typer.Option(help=DATA_ROOT_HELP, metavar="PATH")],
     dataset_kind: Annotated[
         str, typer.Option(help="auto (a folder with Dataframes/ is gsv_cities, a .csv is csv) | gsv_cities | flat | csv")
     ] = "auto",

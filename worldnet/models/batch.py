@@ -46,13 +46,7 @@ PLACE_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "place": pl.String,
     "n_photos": pl.Int64,
     "n_views": pl.Int64,
-    "lat": pl.Float64,
-    "lon": pl.Float64,
-    "country": pl.String,
-    "continent": pl.String,
-    "top_cluster": pl.String,
-    "top_p": pl.Float64,
-    "snapped_km": pl.Float64,
+    **{k: v for k, v in PREDICTION_SCHEMA.items() if k != "image_id"},
     "views": pl.List(pl.String),
 }
 
