@@ -3,6 +3,16 @@
 * A damaged or unusual file costs the rows it damages, never its good neighbours.
 * Whatever is not used is listed in the rejects table with the reason, never silently left out.
 * A user error is one line that says what to do (see ``tests/flows/test_cli_errors.py`` for the CLI).
+
+The cases that need a real run or a real server are tested beside their harness:
+
+* a photo changed under its name, a corrupt feature shard: ``tests/flows/test_stage_records.py``;
+* a batch folder rebuilt for the photos given, names that never collide, one batch of a name at a time:
+  ``tests/flows/test_predict.py``;
+* a damaged registered model refused, a moved catalog root predicting: ``tests/flows/test_pipeline_e2e.py``;
+* options checked by name, a damaged MLflow store, a full disk, s3 without credentials, a busy port, ``synth``
+  mistakes, ``--only`` reusing the recorded data root: ``tests/flows/test_cli_errors.py``;
+* a request over its pixel budget, decoding outside the model lock: ``tests/flows/test_serve.py``.
 """
 
 from __future__ import annotations
