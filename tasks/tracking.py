@@ -177,16 +177,11 @@ def registry_label(model: str) -> str:
 
     Call after :func:`registry_model_file` (which points MLflow at the store).
     """
-    body = model.removeprefix("models:/")
-    client = mlflow.MlflowClient()
-    try:
-        if "@" in body:
-            name, alias = body.split("@", 1)
-            return f"{name} v{client.get_model_version_by_alias(name, alias).version} (@{alias})"
-        name, _, version = body.partition("/")
-        return f"{name} v{client.get_model_version(name, version).version}"
-    except Exception:  # noqa: BLE001 - a label only
+    version = _model_version(model)
+    if version is None:
         return model
+    alias = model.split("@", 1)[1] if "@" in model else None
+    return f"{version.name} v{version.version}" + (f" (@{alias})" if alias else "")
 
 
 def file_hash(path: Path | UPath) -> str:

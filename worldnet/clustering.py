@@ -117,9 +117,14 @@ def cluster_locations(
     return pl.DataFrame(rows, schema=CENTROID_SCHEMA), assign
 
 
+def _place_index(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Each row's place number (the views of one place share its coordinates)."""
+    return np.unique(np.stack([np.round(lat, 5), np.round(lon, 5)], 1), axis=0, return_inverse=True)[1].ravel()
+
+
 def _n_places(lat: np.ndarray, lon: np.ndarray) -> int:
-    """Distinct locations (the views of one place share its coordinates)."""
-    return len(np.unique(np.stack([np.round(lat, 5), np.round(lon, 5)], 1), axis=0))
+    """Distinct locations."""
+    return int(_place_index(lat, lon).max(initial=-1)) + 1
 
 
 #: geocells: a country with fewer places than this joins the nearest cell instead of being a class of its own.
@@ -131,8 +136,8 @@ def _geocells(lat: np.ndarray, lon: np.ndarray, k: int, seed: int, n_iter: int) 
     from worldnet.geo.regions import country_of
 
     country = country_of(lat, lon).astype(str)
-    places = np.unique(np.stack([np.round(lat, 5), np.round(lon, 5)], 1), axis=0, return_inverse=True)[1].ravel()
-    total = len(np.unique(places))
+    places = _place_index(lat, lon)
+    total = int(places.max(initial=-1)) + 1
     xyz = latlon_to_xyz(lat, lon)
     assign = np.full(len(lat), -1, dtype=np.int64)
     names: list[str] = []
