@@ -64,6 +64,16 @@ FlipOption = Annotated[
         "of the road, so the mirror erases no clue; better on real Street View), on or off. Twice the backbone work.",
     ),
 ]
+FinetuneOption = Annotated[
+    str,
+    typer.Option(
+        help="Fine-tune the backbone's last stages on the training photos (the classifier's objective; early stages frozen "
+        "and run once): auto (EfficientNet-Lite with 500+ training photos; on a CPU up to 50,000), on or off (the frozen "
+        "ImageNet features). See docs/method.md, Fine-tuning.",
+    ),
+]
+FinetuneStagesOption = Annotated[int, typer.Option(help="Fine-tuning: trailing block stages trained, with the head convolution.")]
+FinetuneEpochsOption = Annotated[int, typer.Option(help="Fine-tuning: epochs (the best validation epoch is kept).")]
 
 DATA_ROOT_HELP = (
     "Input dataset: a GSV-Cities folder (Dataframes/ + Images/), a CSV with path,lat,lon[,city,place_id,heading,year,month] "
@@ -330,6 +340,16 @@ def _check_data_roots(roots: list[Path], dataset_kind: str) -> None:
         raise ValueError(f"--data-root given twice for datasets named {sorted({n for n in names if names.count(n) > 1})}: name each once")
 
 
+def _check_finetune(setting: str, backbone: str, stages: int, epochs: int) -> None:
+    from tasks.config import resolve_finetune
+
+    resolve_finetune(setting, backbone, 0, "cpu")
+    if not 1 <= stages <= 6:
+        raise ValueError(f"--finetune-stages {stages}: EfficientNet-Lite has 7 block stages; train 1 to 6")
+    if epochs < 1:
+        raise ValueError(f"--finetune-epochs {epochs}: train at least 1 epoch")
+
+
 def _check_view(input_height: int | None, flip: str) -> None:
     from worldnet.features.names import View, resolve_flip
 
@@ -443,6 +463,9 @@ def run(
     engine: EngineOption = "auto",
     input_height: InputHeightOption = None,
     flip: FlipOption = "auto",
+    finetune: FinetuneOption = "auto",
+    finetune_stages: FinetuneStagesOption = 2,
+    finetune_epochs: FinetuneEpochsOption = 8,
     task_runner: Annotated[
         str, typer.Option(help="Where per-shard tasks run: threads (this process) or dask (a Dask cluster via prefect-dask).")
     ] = "threads",
@@ -477,7 +500,7 @@ def run(
 ) -> None:
     """Run the pipeline (or one stage of it) under Prefect with MLflow tracking.
 
-    Stages: ingest, debias, split, shard, extract_features, cluster, train_classifier,
+    Stages: ingest, debias, split, shard, finetune, extract_features, cluster, train_classifier,
     train_interpolation, train_baselines, evaluate, report, register. The shard and
     extract_features stages map one task per shard, onto Dask workers with --task-runner dask.
     """
@@ -491,6 +514,7 @@ def run(
         _preflight(root, backbone, weights, only, from_stage)
         _check_engine(engine, device)
         _check_view(input_height, flip)
+        _check_finetune(finetune, backbone, finetune_stages, finetune_epochs)
         _check_classifier(classifier, members, feature_power)
         store = _store_file(root)
         if store is not None:
@@ -538,6 +562,9 @@ def run(
         feature_power=feature_power,
         input_height=input_height,
         flip=flip,
+        finetune=finetune,
+        finetune_stages=finetune_stages,
+        finetune_epochs=finetune_epochs,
     )
     cfg.device = device
     cfg.engine = engine
@@ -625,12 +652,17 @@ def cv(
     engine: EngineOption = "auto",
     input_height: InputHeightOption = None,
     flip: FlipOption = "auto",
+    finetune: FinetuneOption = "auto",
+    finetune_stages: FinetuneStagesOption = 2,
+    finetune_epochs: FinetuneEpochsOption = 8,
     debug: Annotated[bool, typer.Option(help="Show the full traceback of an error.")] = False,
 ) -> None:
     """Grouped k-fold evaluation of every model on a small dataset; prints the paper's table.
 
     Images of each fold's countries (or cities) are never seen in training, so
     this is the unseen-places protocol for datasets too small for one split.
+    With fine-tuning, each fold fine-tunes its own backbone on its training
+    photos only (the frozen stages' activations are computed once for all folds).
     """
     from worldnet.head_modes import resolve_head_mode
 
@@ -640,6 +672,7 @@ def cv(
     try:
         _check_engine(engine, "cpu")
         _check_view(input_height, flip)
+        _check_finetune(finetune, backbone, finetune_stages, finetune_epochs)
         _preflight(str(root), backbone, weights, None, None)
         _check_classifier(classifier, members, feature_power)
         resolve_head_mode(head_mode, "unseen")
@@ -687,6 +720,13 @@ def cv(
     except _user_errors() as exc:
         raise _user_error(exc, debug) from None
     X, labels = load_features(cat.path("feature_shards"))
+    from tasks.config import resolve_finetune
+
+    tuned, why = resolve_finetune(finetune, backbone, labels.height * (folds - 1) // folds, "cuda" if _has_cuda() else "cpu")
+    typer.echo(f"fine-tuning: {'on' if tuned else 'off'} ({why})", err=True)
+    fold_features = (
+        _cv_finetuner(cat, backbone, (width, height), view, labels, finetune_stages, finetune_epochs, seed, cluster, k) if tuned else None
+    )
     keys = country_of(labels["lat"].to_numpy(), labels["lon"].to_numpy()) if group == "country" else labels["city"].to_numpy()
     groups = np.array([str(g) for g in keys])
     train_cfg = TrainConfig(seed=seed, classifier=classifier, members=members, feature_power=feature_power)
@@ -703,10 +743,45 @@ def cv(
         seed=seed,
         cfg=train_cfg,
         progress=lambda f, n, secs: typer.echo(f"fold {f + 1}/{n} done in {secs:.1f}s", err=True),
+        fold_features=fold_features,
     )
     typer.echo(f"\n{folds}-fold cross-validation grouped by {group}: {labels.height} images, {len(set(groups))} {group} groups")
     typer.echo(paper_table(res.metrics))
     typer.echo("\n" + markdown_table(res.metrics))
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _cv_finetuner(cat, backbone, frame, view, labels, stages, epochs, seed, cluster, k):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+    """Each fold's fine-tuned features, from one activation cache of every photo (see worldnet.features.finetune.fold_finetuner)."""
+    from worldnet.data.shards import shard_paths
+    from worldnet.features.backbones import build_backbone
+    from worldnet.features.finetune import FinetuneConfig, cache_activations, fold_finetuner
+    from worldnet.features.onnx_graph import weights_fingerprint
+    from worldnet.parallel import default_workers
+
+    bb = build_backbone(backbone, None, frame, view)
+    key = json.dumps({"backbone": weights_fingerprint(backbone), "input": list(bb.spec.input_size), "flip": view.flip, "stages": stages})
+    shards = shard_paths(cat.path("image_shards"))
+    acts = cache_activations(bb, stages, shards, cat.path("finetune_cache"), mirror=view.flip, key=key, threads=default_workers())
+    order = {i: n for n, i in enumerate(acts.ids)}
+    if set(order) != set(labels["image_id"].to_list()):
+        raise RuntimeError("the fine-tune cache is out of step with the features; delete the --root folder and rerun")
+    acts.data = acts.data[[order[i] for i in labels["image_id"].to_list()]] if acts.ids != labels["image_id"].to_list() else acts.data
+    acts.ids = labels["image_id"].to_list()
+    return fold_finetuner(
+        lambda: build_backbone(backbone, None, frame, view),
+        acts,
+        labels,
+        FinetuneConfig(stages=stages, epochs=epochs, seed=seed),
+        strategy=cluster,
+        k=k,
+        progress=True,
+    )
 
 
 @app.command()

@@ -20,6 +20,7 @@ STAGES = (
     "debias",
     "split",
     "shard",
+    "finetune",
     "extract_features",
     "cluster",
     "train_classifier",
@@ -36,10 +37,12 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "debias": (("manifest_raw",), ("manifest_debiased",)),
     "split": (("manifest_debiased",), ("splits",)),
     "shard": (("manifest_debiased", "splits", "raw_images"), ("image_shards", "shard_rejects")),  # a photo's new bytes re-frame it
-    "extract_features": (("image_shards", "manifest_debiased"), ("feature_shards",)),  # the manifest settles flip=auto
+    "finetune": (("image_shards",), ("finetuned_backbone",)),
+    # the manifest settles flip=auto
+    "extract_features": (("image_shards", "manifest_debiased", "finetuned_backbone"), ("feature_shards",)),
     "cluster": (("feature_shards",), ("centroids",)),
     "train_classifier": (("feature_shards", "centroids"), ("classifier",)),
-    "train_interpolation": (("feature_shards", "centroids", "classifier"), ("worldnet_model",)),
+    "train_interpolation": (("feature_shards", "centroids", "classifier", "finetuned_backbone"), ("worldnet_model",)),
     "train_baselines": (("feature_shards",), ("baseline_predictions",)),
     "evaluate": (
         ("feature_shards", "centroids", "worldnet_model", "baseline_predictions"),
@@ -56,6 +59,19 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "debias": ("debias_strategy", "debias_cap", "debias_max_share", "debias_max_drop", "seed"),
     "split": ("test_fraction", "val_fraction", "unseen_cities", "n_unseen", "seed"),
     "shard": ("shard_size", "image_width", "image_height", "strict"),
+    "finetune": (
+        "finetune",
+        "finetune_stages",
+        "finetune_epochs",
+        "backbone",
+        "input_height",
+        "flip",
+        "cluster_strategy",
+        "k",
+        "seed",
+        "protocols",
+        "device",
+    ),
     "extract_features": ("backbone", "backbone_weights", "input_height", "flip", "flat_features", "device"),
     "cluster": ("cluster_strategy", "k", "seed", "protocols"),
     "train_classifier": ("cluster_strategy", "classifier", "members", "feature_power", "seed", "protocols"),
@@ -104,6 +120,11 @@ class PipelineConfig:
     #: Average each photo's features with its mirror image's: auto (where all photos drive on one side), on, off.
     flip: str = "auto"
     flat_features: bool = False
+    #: Fine-tune the backbone's last stages on the training photos (:func:`resolve_finetune`): auto, on or off.
+    finetune: str = "auto"
+    #: Trailing block stages fine-tuned (with the 1x1 head convolution), and their epochs.
+    finetune_stages: int = 2
+    finetune_epochs: int = 8
     device: str = "auto"
     #: Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch; features agree to cosine > 0.9999.
     engine: str = "auto"
@@ -147,4 +168,35 @@ class PipelineConfig:
         return tracking_root(self.root)
 
 
-__all__ = ["STAGES", "STAGE_IO", "STAGE_PARAMS", "PipelineConfig"]
+FINETUNE_SETTINGS = ("auto", "on", "off")
+#: ``finetune=auto`` fine-tunes from this many training photos (fewer: the frozen features; see docs/method.md).
+FINETUNE_MIN_PHOTOS = 500
+#: ... and on a CPU up to this many (the activation cache costs ~0.1 s a photo on 2 cores; a GPU has no cap).
+FINETUNE_CPU_MAX_PHOTOS = 50_000
+
+
+def resolve_finetune(setting: str, backbone: str, train_photos: int, device: str) -> tuple[bool, str]:
+    """Whether to fine-tune, and why: ``on`` and ``off`` as asked; ``auto`` by backbone, data size and device.
+
+    Raises:
+        ValueError: For an unknown setting, or ``on`` with a backbone that cannot be fine-tuned.
+    """
+    if setting not in FINETUNE_SETTINGS:
+        raise ValueError(f"finetune must be one of {', '.join(FINETUNE_SETTINGS)} (got {setting!r})")
+    lite = backbone.startswith("efficientnet_lite") and not backbone.endswith("_random")
+    if setting == "off":
+        return False, "off as asked"
+    if setting == "on":
+        if not lite:
+            raise ValueError(f"finetune='on' needs a pretrained EfficientNet-Lite backbone, not {backbone!r}")
+        return True, "on as asked"
+    if not lite:
+        return False, f"auto: {backbone} has no pretrained stages to fine-tune"
+    if train_photos < FINETUNE_MIN_PHOTOS:
+        return False, f"auto: {train_photos} training photos, under {FINETUNE_MIN_PHOTOS}"
+    if device != "cuda" and train_photos > FINETUNE_CPU_MAX_PHOTOS:
+        return False, f"auto: {train_photos} training photos on a CPU, over {FINETUNE_CPU_MAX_PHOTOS} (pass finetune='on', or use a GPU)"
+    return True, f"auto: {train_photos} training photos on {device}"
+
+
+__all__ = ["FINETUNE_SETTINGS", "STAGES", "STAGE_IO", "STAGE_PARAMS", "PipelineConfig", "resolve_finetune"]

@@ -15,6 +15,7 @@ import polars as pl
 from prefect import task
 
 from tasks.config import PipelineConfig
+from tasks.finetune_stage import finetuned_file, stage_weights
 from tasks.lineage import STAGE_TASK, stage_run
 from tasks.per_shard import backbone_spec, extract_one_task, map_with_progress, require_shared_store, write_shards_mapped
 from worldnet.data.debias import debias
@@ -22,6 +23,7 @@ from worldnet.data.ingest import enforce_strict, ingest_many, reject_counts, req
 from worldnet.data.shards import ShardSpec, infer_frame, shard_frame
 from worldnet.data.split import make_splits, split_counts
 from worldnet.features.extract import pending_shards, remove_orphans, write_feature_frame
+from worldnet.features.onnx_graph import weights_fingerprint
 from worldnet.geo.regions import one_driving_side
 
 
@@ -134,7 +136,11 @@ def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[
         frame = shard_frame(shards_dir)
         view = cfg.view(lambda: _one_driving_side(cat.load("manifest_debiased")))  # read only for flip=auto
         remove_orphans(shards_dir, out_dir)
-        todo = pending_shards(shards_dir, out_dir, backbone_spec(cfg.backbone, cfg.backbone_weights, frame, view), cfg.flat_features)
+        weights = stage_weights(cfg)
+        tuned = finetuned_file(cfg) is not None
+        wid = weights_fingerprint(cfg.backbone, weights) if weights else None
+        spec = backbone_spec(cfg.backbone, cfg.backbone_weights, frame, view)
+        todo = pending_shards(shards_dir, out_dir, spec, cfg.flat_features, wid)
         done = map_with_progress(
             extract_one_task,
             todo,
@@ -145,6 +151,7 @@ def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[
             out_dir=str(out_dir),
             backbone=cfg.backbone,
             weights=cfg.backbone_weights,
+            finetuned=str(cat.path("finetuned_backbone")) if tuned else None,
             flat=cfg.flat_features,
             device=cfg.device,
             frame=frame,
@@ -155,11 +162,10 @@ def extract_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[
         images = sum(int(d["images"]) for d in done)
         processes = len({d["pid"] for d in done})
         seconds = time.perf_counter() - t
-        spec = backbone_spec(cfg.backbone, cfg.backbone_weights, frame, view)
         write_feature_frame(out_dir, frame, spec)
         engines = sorted({str(d["engine"]) for d in done})
         mlflow.log_params({"backbone": cfg.backbone, "dim": spec.dim, "input_size": str(spec.input_size), "frame": str(frame)})
-        mlflow.log_params({"flip_setting": cfg.flip, "flip": spec.flip})
+        mlflow.log_params({"flip_setting": cfg.flip, "flip": spec.flip, "finetuned": tuned, "weights_id": wid or "pretrained"})
         mlflow.log_param("engine", ",".join(engines) or "none (all shards done before)")
         ips = images / seconds if images else 0.0
         mlflow.log_metrics({"images": images, "shards_embedded": len(todo), "images_per_second": ips, "seconds": seconds})

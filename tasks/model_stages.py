@@ -15,14 +15,17 @@ import polars as pl
 from prefect import task
 
 from tasks.config import PipelineConfig
+from tasks.finetune_stage import finetuned_file
 from tasks.lineage import STAGE_TASK, input_summary_of, stage_run
 from worldnet.evaluate import ProtocolResult, evaluate_step
 from worldnet.features.extract import feature_frame, feature_view, load_features
+from worldnet.features.finetune import load_finetuned
 from worldnet.head_modes import HEAD_MODES, other_head_mode, resolve_head_mode
 from worldnet.io import write_text_atomic
 from worldnet.models.predictor import load_classifier, load_worldnet, save_classifier, save_worldnet
 from worldnet.models.worldnet_model import TrainConfig, WorldNet
 from worldnet.protocol import (
+    MIN_HEAD_ROWS,
     ProtocolData,
     cluster_step,
     protocol_data,
@@ -99,13 +102,28 @@ def train_interpolation_task(cfg: PipelineConfig, parent_run_id: str | None = No
         mlflow.log_params({"head_mode": cfg.head_mode, "snap": cfg.snap, "crossfit_weight_decay": cfg.crossfit_weight_decay})
         frame = feature_frame(cat.require("feature_shards"))
         view = feature_view(cat.require("feature_shards"), cfg.backbone)
+        tuned = finetuned_file(cfg)  # the fine-tuned stages travel inside each model
+        tuned_ids = [str(i) for i in load_finetuned(tuned).meta.get("train_ids", [])] if tuned else []  # type: ignore[attr-defined]
         for proto, data in _protocols(cfg):
             centroids = cat.load("centroids", protocol=proto)
             fit = load_classifier(cat.require("classifier", protocol=proto))
+            rows = None
+            if tuned:  # the crossfit head fits on training photos the backbone never trained on (worldnet.protocol.head_rows_for)
+                rows = ~data.train["image_id"].is_in(tuned_ids).to_numpy()
+                rows = rows if rows.sum() >= MIN_HEAD_ROWS else None
+                mlflow.log_metric(f"{proto}.crossfit_head_rows", int(rows.sum()) if rows is not None else data.train.height)
             for mode in HEAD_MODES:
-                wn = train_interpolation_step(data, centroids, fit, mode, cfg.cluster_strategy, _train_cfg(cfg))
+                wn = train_interpolation_step(
+                    data, centroids, fit, mode, cfg.cluster_strategy, _train_cfg(cfg), rows if mode == "crossfit" else None
+                )
                 save_worldnet(
-                    wn, cat.path("worldnet_model", protocol=proto, mode=mode), backbone=cfg.backbone, snap=cfg.snap, frame=frame, view=view
+                    wn,
+                    cat.path("worldnet_model", protocol=proto, mode=mode),
+                    backbone=cfg.backbone,
+                    snap=cfg.snap,
+                    frame=frame,
+                    view=view,
+                    finetuned=tuned,
                 )
                 mlflow.log_metric(f"{proto}.{mode}.head_final_loss_km", wn.metrics["head_final_loss_km"])
                 out[f"{proto}.{mode}"] = wn.metrics["head_final_loss_km"]

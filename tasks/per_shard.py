@@ -32,9 +32,10 @@ from worldnet.features.backbones import Backbone, BackboneSpec, build_backbone
 from worldnet.features.engine import OnnxBackbone, build_engine
 from worldnet.features.extract import extract_features
 from worldnet.features.names import View
+from worldnet.features.onnx_graph import weights_fingerprint
 from worldnet.models.batch import predict_shard
 from worldnet.models.fast import load_predictor
-from worldnet.models.predictor import Predictor
+from worldnet.models.predictor import Predictor, finetuned_weights
 from worldnet.parallel import default_workers
 from worldnet.storage import as_path, shared_across_processes
 
@@ -128,12 +129,21 @@ def _extract_one(
     engine: str = "auto",
     graphs_dir: str | None = None,
     view: View | None = None,
+    finetuned: str | None = None,
 ) -> dict[str, Any]:
-    """Embed one image shard into its feature shard (``pid`` says which process did it, ``engine`` on what)."""
+    """Embed one image shard into its feature shard (``pid`` says which process did it, ``engine`` on what).
+
+    ``finetuned``: the catalog's fine-tuned stages (any store); each process reads them into its local cache.
+    """
+    if finetuned is not None:
+        weights = finetuned_weights(as_path(finetuned).read_bytes())
     with MODEL_LOCK:  # building under the lock too: two threads seeding one global RNG would interleave draws
         threads = worker_threads()
         model = cached_engine(backbone, weights, tuple(frame) if frame else None, view, engine, device, flat, graphs_dir, threads)
-        res = extract_features(model, shards_dir, out_dir, only=[shard], threads=threads, flat=flat, device=device, progress=False)
+        wid = weights_fingerprint(backbone, weights) if weights else None
+        res = extract_features(
+            model, shards_dir, out_dir, only=[shard], threads=threads, flat=flat, device=device, progress=False, weights_id=wid
+        )
     used = "onnx" if isinstance(model, OnnxBackbone) else "torch"
     return {"images": res.images, "seconds": res.seconds, "pid": os.getpid(), "engine": used}
 

@@ -29,7 +29,7 @@ from tasks.tracking import MODEL_NAME, SHA256_TAG, file_hash
 from worldnet.features.engine import OnnxBackbone, build_engine
 from worldnet.head_modes import resolve_head_mode
 from worldnet.models.fast import twin_file
-from worldnet.models.predictor import load_worldnet
+from worldnet.models.predictor import finetuned_weights, load_worldnet
 from worldnet.storage import local_copy
 
 PIP_REQUIREMENTS = [
@@ -128,7 +128,8 @@ def register_task(cfg: PipelineConfig, scores: dict[str, float], parent_run_id: 
         mlflow.log_metrics({f"{p}_mean_km": v for p, v in scores.items()})
         mlflow.set_tag("split_sha256", split_hash)
         wn, backbone, _ = load_worldnet(local_model)
-        engine = build_engine(backbone, cfg.backbone_weights, wn.frame, view=wn.view, engine="onnx", graphs_dir=cat.path("onnx_graphs"))
+        weights = finetuned_weights(wn.finetuned) or cfg.backbone_weights
+        engine = build_engine(backbone, weights, wn.frame, view=wn.view, engine="onnx", graphs_dir=cat.path("onnx_graphs"))
         graph = stack.enter_context(local_copy(engine.path)) if isinstance(engine, OnnxBackbone) else None
         twin_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="worldnet-twin-")))
         twin = stack.enter_context(local_copy(twin_file(model_file, twin_dir)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.data_stages import debias_task, extract_task, ingest_task, shard_task, split_task
+from tasks.finetune_stage import finetune_task
 from tasks.lineage import STAGE_FUNCTIONS
 from tasks.model_stages import (
     cluster_task,
@@ -27,6 +28,7 @@ STAGE_TASKS: dict[str, Any] = {
     "debias": debias_task,
     "split": split_task,
     "shard": shard_task,
+    "finetune": finetune_task,
     "extract_features": extract_task,
     "cluster": cluster_task,
     "train_classifier": train_classifier_task,

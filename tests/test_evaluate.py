@@ -7,6 +7,11 @@ import pytest
 from worldnet.data.cities import resolve_cities
 from worldnet.evaluate import cross_validate, grouped_folds, metrics_table, run_protocol
 from worldnet.geo.regions import continent_of
+from worldnet.models.worldnet_model import TrainConfig
+
+#: For tests of which rows go where (folds, roles, coverage): one MLP, a few epochs, two crossfit folds. What they
+#: assert holds for any training; how well the models place photos is tested with the defaults.
+PLUMBING = TrainConfig(members=1, max_epochs=5, head_epochs=10, crossfit_folds=2)
 
 
 def _world(n_per=20, seed=0):
@@ -35,7 +40,7 @@ def test_grouped_folds_keep_groups_together_and_balance():
 
 def test_cross_validation_predicts_every_image_once_per_model():
     X, labels = _world()
-    res = cross_validate(X, labels, labels["city"].to_numpy(), n_folds=4, k=4, seed=0)
+    res = cross_validate(X, labels, labels["city"].to_numpy(), n_folds=4, k=4, seed=0, cfg=PLUMBING)
     per_model = res.predictions.group_by("model").agg(pl.col("image_id").n_unique(), pl.len())
     assert (per_model["image_id"] == labels.height).all() and (per_model["len"] == labels.height).all()
     assert set(res.metrics["model"]) >= {"mean model", "worldNET", "worldNET (crossfit)"}
@@ -56,7 +61,7 @@ def test_cross_validation_early_stops_on_places_of_the_training_cities(monkeypat
         return real(X, lab, protocol, **kw)
 
     monkeypatch.setattr(ev, "run_protocol", recording)
-    cross_validate(X, labels, labels["city"].to_numpy(), n_folds=4, k=4, cluster_strategy="city", seed=0)
+    cross_validate(X, labels, labels["city"].to_numpy(), n_folds=4, k=4, cluster_strategy="city", seed=0, cfg=PLUMBING)
     assert len(roles) == 4
     for r in roles:
         train, val, test = (r.filter(pl.col("unseen") == s) for s in ("train", "val", "test"))

@@ -26,6 +26,7 @@ from worldnet.models.worldnet_model import TrainConfig, WorldNet
 from worldnet.protocol import (
     ProtocolData,
     cluster_step,
+    head_rows_for,
     protocol_data,
     train_baselines_step,
     train_classifier_step,
@@ -213,10 +214,15 @@ def cross_validate(
     val_fraction: float = 0.1,
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
+    fold_features: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> ProtocolResult:
     """Grouped k-fold: every model scored on out-of-fold predictions, pooled over folds.
 
     ``progress(fold, n_folds, seconds)`` is called after each fold.
+    ``fold_features(train, val)`` (masks over ``labels``), when given, makes
+    each fold's features and says which photos made them: a backbone
+    fine-tuned on the fold's training photos only, so that no fold is scored
+    by a backbone that saw its test photos (``worldnet cv --finetune``).
 
     Each fold's test rows share no group with its training rows (folds grouped
     by country = "images of unseen countries"). For small real samples, e.g.
@@ -241,8 +247,19 @@ def cross_validate(
         role = np.where(folds == f, "test", np.where(np.isin(places, val_places), "val", "train"))
         lab = labels.with_columns(unseen=pl.Series(role))
         k_f = min(k, int((folds != f).sum())) if cluster_strategy != "city" and k else k
+        X_f, tuned = (X, None) if fold_features is None else fold_features(role == "train", role == "val")
         last = run_protocol(
-            X, lab, "unseen", cluster_strategy=cluster_strategy, k=k_f, head_mode=head_mode, snap=snap, cfg=cfg, knn=knn, seed=seed
+            X_f,
+            lab,
+            "unseen",
+            cluster_strategy=cluster_strategy,
+            k=k_f,
+            head_mode=head_mode,
+            snap=snap,
+            cfg=cfg,
+            knn=knn,
+            seed=seed,
+            finetuned_rows=tuned,
         )
         parts.append(last.predictions.with_columns(fold=pl.lit(f)))
         if progress:
@@ -264,11 +281,14 @@ def run_protocol(
     cfg: TrainConfig | None = None,
     knn: int = 10,
     seed: int = 0,
+    finetuned_rows: np.ndarray | None = None,
 ) -> ProtocolResult:
     """Every step of one protocol in one call: cluster, classifier, both heads, baselines, scores.
 
     The pipeline runs the same steps as separate stages; this is the notebook
-    (and benchmark) entry point.
+    (and benchmark) entry point. ``finetuned_rows`` (a mask over ``labels``):
+    the photos a fine-tuned backbone trained on; the crossfit head then fits on
+    the other training photos (:func:`~worldnet.protocol.head_rows_for`).
 
     Raises:
         ValueError: If the protocol's train or test split is empty.
@@ -279,9 +299,12 @@ def run_protocol(
     centroids = cluster_step(data, cluster_strategy, k, seed)
     fit = train_classifier_step(data, centroids, cluster_strategy, cfg)
     other, other_label = other_head_mode(head_mode)
+    rows = head_rows_for(labels, protocol, finetuned_rows)
     worldnets = {
-        "worldNET": train_interpolation_step(data, centroids, fit, head_mode, cluster_strategy, cfg),
-        other_label: train_interpolation_step(data, centroids, fit, other, cluster_strategy, cfg),
+        "worldNET": train_interpolation_step(
+            data, centroids, fit, head_mode, cluster_strategy, cfg, rows if head_mode == "crossfit" else None
+        ),
+        other_label: train_interpolation_step(data, centroids, fit, other, cluster_strategy, cfg, rows if other == "crossfit" else None),
     }
     baselines = train_baselines_step(data, knn=knn, seed=seed)
     return evaluate_step(data, worldnets, baselines, centroids, snap=snap, seed=seed)

@@ -109,6 +109,28 @@ def crossfit_groups(frame: pl.DataFrame, protocol: str) -> np.ndarray:
     return frame["city"].to_numpy()
 
 
+#: The crossfit head fits on the training photos a fine-tuned backbone never trained on when there are at least this many.
+MIN_HEAD_ROWS = 100
+
+
+def head_rows_for(labels: pl.DataFrame, protocol: str, finetuned_rows: np.ndarray | None) -> np.ndarray | None:
+    """Which of ``protocol``'s training rows the crossfit head fits on (None: all of them).
+
+    A backbone fine-tuned on a photo has already separated it by place, so even
+    an out-of-fold classifier is surer of it than of a new photo, and a head
+    fitted there learns to trust the classifier too much. With the mask of the
+    photos the backbone trained on (``finetuned_rows``, over ``labels``), the
+    head fits on the rest of the training split (photos that are training here
+    but validation or test in another protocol) when there are
+    :data:`MIN_HEAD_ROWS` of them; else on all (and the report says so).
+    """
+    if finetuned_rows is None:
+        return None
+    train = labels[protocol].to_numpy() == "train"
+    honest = ~np.asarray(finetuned_rows, bool)[train]
+    return honest if honest.sum() >= MIN_HEAD_ROWS else None
+
+
 def train_interpolation_step(
     data: ProtocolData,
     centroids: pl.DataFrame,
@@ -116,8 +138,10 @@ def train_interpolation_step(
     mode: str = "in_sample",
     strategy: str = "city",
     cfg: TrainConfig | None = None,
+    head_rows: np.ndarray | None = None,
 ) -> WorldNet:
-    """The interpolation head over the frozen classifier (``mode``: in_sample or crossfit)."""
+    """The interpolation head over the frozen classifier (``mode``: in_sample or crossfit; ``head_rows``: see
+    :func:`~worldnet.models.worldnet_model.fit_interpolation`)."""
     return fit_interpolation(
         fit,
         data.X_train,
@@ -129,6 +153,7 @@ def train_interpolation_step(
         mode,
         cfg,
         outer_groups=data.train["city"].to_numpy() if data.protocol == "seen" else None,
+        head_rows=head_rows,
     )
 
 

@@ -1,6 +1,12 @@
-"""One Prefect test server per test module of the flows (real API, temporary database)."""
+"""One Prefect test server for the session's flow tests (real API, temporary database), and shared small fixtures.
+
+The server starts once (about 10-20 s) when a test first asks for ``harness``; tests that need a Prefect of their
+own (another database and home) still open their own ``prefect_test_harness`` inside it.
+"""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -11,17 +17,18 @@ from worldnet.data.synthetic import SynthConfig, generate
 from worldnet.models.predictor import save_worldnet
 from worldnet.models.worldnet_model import TrainConfig, fit_worldnet
 
+DATA_STAGES = ["ingest", "debias", "split", "shard", "extract_features"]
 CENTROIDS = np.array([[40.4, -3.7], [13.7, 100.5], [42.4, -71.1]])
 NAMES = ["Madrid", "Bangkok", "Boston"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def harness():
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """A small synthetic world of four cities on four continents (64x48 photos)."""
     data = tmp_path_factory.mktemp("world") / "data"
@@ -42,6 +49,28 @@ def small_cfg(data, root) -> PipelineConfig:
         members=1,
         progress=False,
     )
+
+
+@pytest.fixture(scope="session")
+def threads_run(harness, mlflow_store, world, tmp_path_factory):
+    """The data stages of ``world`` on the default runner (threads) into a local folder: ``(root, result)``.
+
+    The reference that the scale-out runs (Dask workers, an S3 root) must reproduce byte for byte; made once for
+    the session. Tests only read its shards and features.
+    """
+    from flows.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("threads") / "root"
+    mlflow_store(root)
+    before = os.environ.get("MLFLOW_TRACKING_URI")  # set by the run; no test's own (see tests/conftest.py)
+    try:
+        out = run_pipeline(small_cfg(world, root), stages=DATA_STAGES)
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+    return root, out
 
 
 @pytest.fixture(scope="module")

@@ -59,10 +59,11 @@ def _register(root: Path, model_file: Path, alias: str = "champion") -> str:
 
 
 @pytest.fixture
-def registered(model_file, tmp_path, monkeypatch):
+def registered(model_file, mlflow_store, tmp_path, monkeypatch):
     """A catalog root whose champion is the conftest's tiny model; a land cache of the test's own."""
     monkeypatch.setenv("WORLDNET_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "root"
+    mlflow_store(root)
     _register(root, model_file)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return root

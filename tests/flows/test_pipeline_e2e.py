@@ -33,7 +33,7 @@ def test_missing_artifact_names_its_stage(tmp_path):
         cat.load("splits")
 
 
-def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
+def test_pipeline_end_to_end(harness, mlflow_store, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tmp_path / "data"
     generate(SynthConfig(out=data, cities=["Madrid", "PRS", "Bangkok", "Boston", "Melbourne"], per_city=16, size=(64, 48)), progress=False)
@@ -45,6 +45,7 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
     truncated.write_bytes(truncated.read_bytes()[:300])
     n_rows = sum(len(f.read_text().splitlines()) - 1 for f in (data / "Dataframes").glob("*.csv"))
     cfg = replace(small_cfg(data, tmp_path / "root"), shard_size=32, members=PipelineConfig().members)  # the shipped ensemble
+    mlflow_store(cfg.root)
     out = pipeline(cfg)
     cat = cfg.catalog()
     # one input line: read, kept, rejected by reason, where the rejects are; the report repeats it
@@ -110,7 +111,7 @@ def test_pipeline_end_to_end(harness, tmp_path, monkeypatch):
 
 
 @pytest.mark.real_data
-def test_predict_real_photo(harness, tmp_path, shared_data, monkeypatch):
+def test_predict_real_photo(harness, mlflow_store, tmp_path, shared_data, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tmp_path / "data"
     generate(SynthConfig(out=data, cities=["Madrid", "Bangkok", "Boston", "Melbourne"], per_city=12, size=(64, 48)), progress=False)
@@ -124,6 +125,7 @@ def test_predict_real_photo(harness, tmp_path, shared_data, monkeypatch):
         members=1,
         progress=False,
     )
+    mlflow_store(cfg.root)
     pipeline(cfg)
     photo = sorted((shared_data / "osv5m_sample" / "images").glob("*.jpg"))[0]
     res = CliRunner().invoke(app, ["predict", str(photo), "--root", cfg.root, "--json"])

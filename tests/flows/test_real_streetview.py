@@ -36,12 +36,13 @@ def _link_subset(src, dst, cells: list[str]) -> None:
 
 
 @pytest.mark.real_data
-def test_worldnet_beats_the_mean_model_on_unseen_places_of_real_cells(harness, shared_data, tmp_path, monkeypatch):
+def test_worldnet_beats_the_mean_model_on_unseen_places_of_real_cells(harness, mlflow_store, shared_data, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     src = shared_data / "gsv_uswest"
     cells = sorted(p.stem for p in (src / "Dataframes").glob("*.csv"))[::3]  # 12 of the 34 cells, spread over the region
     _link_subset(src, tmp_path / "uswest", cells)
     cfg = PipelineConfig(data_root=str(tmp_path / "uswest"), root=str(tmp_path / "root"), head_mode="crossfit", progress=False, n_unseen=2)
+    mlflow_store(cfg.root)
     out = pipeline(cfg, stages=list(STAGES[: STAGES.index("evaluate") + 1]))
     assert out["debias"]["rows"] == out["ingest"]["rows"] > 500  # one continent: de-biasing keeps every photo
     # flip=auto settled to the mirror: every photo is from the US, which drives on one side of the road
@@ -54,7 +55,7 @@ def test_worldnet_beats_the_mean_model_on_unseen_places_of_real_cells(harness, s
 
 
 @pytest.mark.real_data
-def test_worldnet_beats_the_best_constant_on_unseen_places_of_the_world(harness, shared_data, tmp_path, monkeypatch):
+def test_worldnet_beats_the_best_constant_on_unseen_places_of_the_world(harness, mlflow_store, shared_data, tmp_path, monkeypatch):
     """A small worldwide run (an eighth of street_world's places, linked, not copied): nearer than any constant answer."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     src = shared_data / "street_world"
@@ -67,6 +68,7 @@ def test_worldnet_beats_the_best_constant_on_unseen_places_of_the_world(harness,
     (data / "images").symlink_to(src / "images", target_is_directory=True)
     subset.write_csv(data / "metadata.csv")
     cfg = PipelineConfig(data_root=str(data), root=str(tmp_path / "root"), members=1, progress=False)
+    mlflow_store(cfg.root)
     out = pipeline(cfg, stages=list(STAGES[: STAGES.index("evaluate") + 1]))
     assert out["ingest"]["rows"] == subset.height  # the linked photos are read, none rejected
     m = cfg.catalog().load("metrics", protocol="seen")

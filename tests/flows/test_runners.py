@@ -9,10 +9,8 @@ import pytest
 
 from flows.pipeline import run_pipeline
 from flows.runners import make_task_runner
-from tests.flows.conftest import small_cfg
+from tests.flows.conftest import DATA_STAGES, small_cfg
 from worldnet.storage import as_path, relative_to
-
-DATA_STAGES = ["ingest", "debias", "split", "shard", "extract_features"]
 
 
 def _digests(root) -> dict[str, str]:
@@ -35,21 +33,23 @@ def test_runner_options_are_checked():
         make_task_runner("dask", dask_address="tcp://127.0.0.1:8786", dask_workers=2)
 
 
-def test_dask_local_cluster_output_identical_to_default_runner(harness, world, tmp_path, monkeypatch):
+def test_dask_local_cluster_output_identical_to_default_runner(harness, mlflow_store, world, threads_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    threads = run_pipeline(small_cfg(world, tmp_path / "threads"), stages=DATA_STAGES)
+    mlflow_store(tmp_path / "dask")
+    threads_root, threads = threads_run  # the default runner's run of the same world and configuration
     dask = run_pipeline(small_cfg(world, tmp_path / "dask"), stages=DATA_STAGES, task_runner=make_task_runner("dask", dask_workers=2))
     assert threads["shard"]["shards"] >= 4
     assert dask["extract_features"]["worker_processes"] == 2, dask["extract_features"]
     assert threads["extract_features"]["worker_processes"] == 1
-    a, b = _digests(tmp_path / "threads"), _digests(tmp_path / "dask")
+    a, b = _digests(threads_root), _digests(tmp_path / "dask")
     assert any(k.endswith(".npy") for k in a) and any(k.startswith("02_intermediate/shards/shard-") for k in a)
     assert a == b
 
 
-def test_memory_root_runs_the_whole_pipeline(harness, world, tmp_path, monkeypatch):
+def test_memory_root_runs_the_whole_pipeline(harness, mlflow_store, world, tmp_path, monkeypatch):
     """Every artifact goes through fsspec: a memory:// root gets them all, the local disk none (but MLflow's store)."""
     monkeypatch.chdir(tmp_path)  # the MLflow store of a URL root goes to ./.worldnet
+    mlflow_store(tmp_path / ".worldnet")
     root = "memory://worldnet-test/root"
     try:
         out = run_pipeline(small_cfg(world, root))

@@ -21,12 +21,11 @@ import pytest
 from flows.pipeline import run_pipeline
 from flows.predict import predict_batch
 from flows.runners import make_task_runner
-from tests.flows.conftest import small_cfg
+from tests.flows.conftest import DATA_STAGES, small_cfg
 from worldnet.models.predictor import save_worldnet
 from worldnet.models.worldnet_model import TrainConfig, fit_worldnet
 from worldnet.storage import as_path, relative_to
 
-DATA_STAGES = ["ingest", "debias", "split", "shard", "extract_features"]
 BUCKET = "worldnet-test"
 
 
@@ -81,13 +80,16 @@ def _model(tmp_path):
     return save_worldnet(wn, tmp_path / "model.pt", backbone="tiny_random")
 
 
-def test_s3_root_on_two_dask_workers_is_byte_identical_to_a_local_folder(harness, s3, world, tmp_path, monkeypatch):
+def test_s3_root_on_two_dask_workers_is_byte_identical_to_a_local_folder(
+    harness, mlflow_store, s3, world, threads_run, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # a URL root keeps its MLflow store in ./.worldnet
+    mlflow_store(tmp_path / ".worldnet")
     root = f"s3://{BUCKET}/run-a"
-    local = run_pipeline(small_cfg(world, tmp_path / "local"), stages=DATA_STAGES)
+    local_root, local = threads_run  # the same world and configuration in a local folder, on the default runner
     remote = run_pipeline(small_cfg(world, root), stages=DATA_STAGES, task_runner=make_task_runner("dask", dask_workers=2))
     assert remote["extract_features"]["worker_processes"] == 2
-    a, b = _digests(tmp_path / "local"), _digests(root)
+    a, b = _digests(local_root), _digests(root)
     assert any(k.endswith(".npy") for k in a) and a == b
     assert local["shard"]["shards"] == remote["shard"]["shards"] >= 4
     # no temporary or half-written object anywhere in the bucket
@@ -104,9 +106,10 @@ def test_s3_root_on_two_dask_workers_is_byte_identical_to_a_local_folder(harness
     assert _digests(tmp_path / "local", ("06_predict",)) == _digests(root, ("06_predict",))
 
 
-def test_a_noop_rerun_on_s3_reads_no_shard_body(harness, s3, world, tmp_path, monkeypatch, caplog):
+def test_a_noop_rerun_on_s3_reads_no_shard_body(harness, mlflow_store, s3, world, tmp_path, monkeypatch, caplog):
     """Completeness on an object store is the sidecar's recorded size and ETag, not a re-download of each shard."""
     monkeypatch.chdir(tmp_path)
+    mlflow_store(tmp_path / ".worldnet")
     root = f"s3://{BUCKET}/run-b"
     cfg = small_cfg(world, root)
     cfg.shard_size = 2  # over 20 shards
@@ -150,8 +153,11 @@ ex.extract_features(build_backbone("tiny_random", frame=(64, 48)), shards, out, 
 """
 
 
-def test_a_worker_killed_mid_stage_leaves_nothing_half_written_and_the_rerun_completes(harness, s3, world, tmp_path, monkeypatch):
+def test_a_worker_killed_mid_stage_leaves_nothing_half_written_and_the_rerun_completes(
+    harness, mlflow_store, s3, world, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
+    mlflow_store(tmp_path / ".worldnet")
     root = f"s3://{BUCKET}/run-c"
     run_pipeline(small_cfg(world, root), stages=["ingest", "debias", "split", "shard"])
     shards = f"{root}/02_intermediate/shards"

@@ -24,6 +24,8 @@ from tasks.records import RootBusyError, root_lock
 from worldnet.data.synthetic import SynthConfig, generate
 
 MODEL_STAGES = ["cluster", "train_classifier", "train_interpolation", "train_baselines", "evaluate", "report"]
+#: Every stage through evaluate: what makes the predictions and metrics a test reads (report and register only add time).
+TO_EVALUATE = list(STAGES[: STAGES.index("evaluate") + 1])
 
 
 def _world(path, cities, seed=0):
@@ -48,11 +50,13 @@ def _cities(cfg: PipelineConfig) -> set[str]:
     return set(cfg.catalog().load("predictions", protocol="seen")["city"].to_list())
 
 
-def test_a_fresh_prefect_home_reruns_nothing_and_one_parameter_reruns_exactly_its_downstream(tmp_path, worlds, monkeypatch):
+def test_a_fresh_prefect_home_reruns_nothing_and_one_parameter_reruns_exactly_its_downstream(
+    harness, mlflow_store, tmp_path, worlds, monkeypatch
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = _cfg(tmp_path, worlds[0])
-    with prefect_test_harness(server_startup_timeout=120):
-        pipeline(cfg)
+    mlflow_store(cfg.root)
+    pipeline(cfg)  # on the session's Prefect server
     metrics = cfg.catalog().load("metrics", protocol="seen")
     # a second user: another Prefect database and home; only the catalog root is shared
     monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(tmp_path / "other-prefect-storage"))
@@ -68,32 +72,35 @@ def test_a_fresh_prefect_home_reruns_nothing_and_one_parameter_reruns_exactly_it
     assert "parameters" in changed["reasons"]["train_interpolation"]
 
 
-def test_switching_data_roots_back_and_forth_never_serves_the_other_data(harness, tmp_path, worlds, monkeypatch):
+def test_switching_data_roots_back_and_forth_never_serves_the_other_data(harness, mlflow_store, tmp_path, worlds, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     d, d1 = worlds
-    first = pipeline(_cfg(tmp_path, d))
-    cities_d = _cities(_cfg(tmp_path, d))
-    pipeline(_cfg(tmp_path, d1))
-    assert _cities(_cfg(tmp_path, d1)).isdisjoint(cities_d)
-    third = pipeline(_cfg(tmp_path, d))
+    mlflow_store(_cfg(tmp_path, d).root)
+    # what is checked is the seen protocol's predictions and scores: its stages up to evaluate are what the five runs need
+    seen = {"protocols": ["seen"]}
+    first = pipeline(_cfg(tmp_path, d, **seen), stages=TO_EVALUATE)
+    cities_d = _cities(_cfg(tmp_path, d, **seen))
+    pipeline(_cfg(tmp_path, d1, **seen), stages=TO_EVALUATE)
+    assert _cities(_cfg(tmp_path, d1, **seen)).isdisjoint(cities_d)
+    third = pipeline(_cfg(tmp_path, d, **seen), stages=TO_EVALUATE)
     assert third["states"]["ingest"] != "Up to date"  # the old cache said Cached here and trained on d1
-    assert _cities(_cfg(tmp_path, d)) == cities_d
+    assert _cities(_cfg(tmp_path, d, **seen)) == cities_d
     assert third["evaluate"]["seen"]["worldnet_mean_km"] == pytest.approx(first["evaluate"]["seen"]["worldnet_mean_km"])
     # toggling the seed 0 -> 1 -> 0 gives run 1's result, not run 2's de-biased manifest
-    pipeline(_cfg(tmp_path, d, seed=1))
-    back = pipeline(_cfg(tmp_path, d, seed=0))
+    pipeline(_cfg(tmp_path, d, seed=1, **seen), stages=TO_EVALUATE)
+    back = pipeline(_cfg(tmp_path, d, seed=0, **seen), stages=TO_EVALUATE)
     assert back["states"]["debias"] != "Up to date"
     assert back["evaluate"]["seen"]["worldnet_mean_km"] == pytest.approx(first["evaluate"]["seen"]["worldnet_mean_km"])
 
 
-def test_only_restores_nothing_from_another_root_sharing_the_mlflow_store(harness, tmp_path, worlds, monkeypatch):
+def test_only_restores_nothing_from_another_root_sharing_the_mlflow_store(harness, mlflow_store, tmp_path, worlds, monkeypatch):
     d, d1 = worlds
     monkeypatch.chdir(tmp_path)  # a store MLflow creates itself puts artifacts under ./mlruns: here, not in the checkout
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'shared-mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_store(file=tmp_path / 'shared-mlflow.db')}")
     a = PipelineConfig(data_root=str(d), root=str(tmp_path / "a"), backbone="tiny_random", n_unseen=1, members=1, progress=False)
     b = PipelineConfig(data_root=str(d1), root=str(tmp_path / "b"), backbone="tiny_random", n_unseen=1, members=1, progress=False)
-    pipeline(b)
-    pipeline(a)  # the newest run logging every path is now root a's
+    pipeline(b, stages=TO_EVALUATE)
+    pipeline(a, stages=TO_EVALUATE)  # the newest run logging every path is now root a's
     lost = b.catalog().path("predictions", protocol="seen")
     lost.unlink()
     out = pipeline(b, only="report")
@@ -147,7 +154,7 @@ def test_two_processes_creating_a_fresh_mlflow_store_both_succeed(tmp_path):
     assert mlflow.get_experiment_by_name("worldnet") is not None
 
 
-def test_a_changed_photo_is_reframed_and_a_corrupt_feature_shard_is_redone(tmp_path, worlds, monkeypatch):
+def test_a_changed_photo_is_reframed_and_a_corrupt_feature_shard_is_redone(harness, mlflow_store, tmp_path, worlds, monkeypatch):
     """A record proves content: a photo replaced under its name and a feature file damaged in place are both noticed."""
     import numpy as np
     from PIL import Image
@@ -156,20 +163,20 @@ def test_a_changed_photo_is_reframed_and_a_corrupt_feature_shard_is_redone(tmp_p
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = _cfg(tmp_path, worlds[0])
+    mlflow_store(cfg.root)
     data_stages = list(STAGES[: STAGES.index("extract_features") + 1])  # what the two cases concern; the models would only add time
-    with prefect_test_harness(server_startup_timeout=120):
-        pipeline(cfg, stages=data_stages)
-        feats = cfg.catalog().path("feature_shards")
-        X0, labels0 = load_features(feats)
-        manifest = cfg.catalog().load("manifest_debiased")
-        changed = manifest.sort("image_id")["image_id"][1]
-        photo = manifest.filter(manifest["image_id"] == changed)["path"][0]
-        Image.new("RGB", Image.open(photo).size, (250, 20, 200)).save(photo, quality=90)  # new bytes, same name
-        npy = sorted(feats.glob("feat-*.npy"))[0]
-        raw = bytearray(npy.read_bytes())
-        raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)  # still a readable .npy, with wrong numbers
-        npy.write_bytes(bytes(raw))
-        again = pipeline(cfg, stages=data_stages)
+    pipeline(cfg, stages=data_stages)
+    feats = cfg.catalog().path("feature_shards")
+    X0, labels0 = load_features(feats)
+    manifest = cfg.catalog().load("manifest_debiased")
+    changed = manifest.sort("image_id")["image_id"][1]
+    photo = manifest.filter(manifest["image_id"] == changed)["path"][0]
+    Image.new("RGB", Image.open(photo).size, (250, 20, 200)).save(photo, quality=90)  # new bytes, same name
+    npy = sorted(feats.glob("feat-*.npy"))[0]
+    raw = bytearray(npy.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)  # still a readable .npy, with wrong numbers
+    npy.write_bytes(bytes(raw))
+    again = pipeline(cfg, stages=data_stages)
     assert again["states"]["shard"] != "Up to date" and again["states"]["extract_features"] != "Up to date", again["states"]
     X1, labels1 = load_features(feats)
     assert labels1["image_id"].to_list() == labels0["image_id"].to_list()

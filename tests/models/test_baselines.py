@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from sklearn.cluster import MeanShift
+from threadpoolctl import threadpool_limits
 
 from worldnet.geo.sphere import haversine_km, latlon_to_xyz, spherical_mean, xyz_to_latlon
 from worldnet.models.baselines import fit_direct_regression, meanshift_modes, nearest_neighbours, nn_classifier, predict_direct_regression
@@ -25,10 +26,14 @@ def test_vectorised_meanshift_finds_the_densest_mode_like_scikit_learn():
     xyz = latlon_to_xyz(sets[..., 0], sets[..., 1])
     ours = np.stack(xyz_to_latlon(meanshift_modes(xyz, bandwidth=0.1)), 1)
     agree = 0
-    for i in range(len(sets)):
-        ms = MeanShift(bandwidth=0.1).fit(xyz[i])
-        lat, lon = xyz_to_latlon(ms.cluster_centers_[np.bincount(ms.labels_).argmax()])
-        agree += haversine_km(ours[i, 0], ours[i, 1], float(lat), float(lon)) < 5
+    # scikit-learn's reference on one OpenMP thread: each fit is a few tiny parallel regions, and with PyTorch's own
+    # libgomp loaded in the process (any earlier test) their idle threads spin against each other on 2 cores,
+    # 0.4 s becoming 30-60 s; the clusters it finds do not depend on the threads
+    with threadpool_limits(limits=1, user_api="openmp"):
+        for i in range(len(sets)):
+            ms = MeanShift(bandwidth=0.1).fit(xyz[i])
+            lat, lon = xyz_to_latlon(ms.cluster_centers_[np.bincount(ms.labels_).argmax()])
+            agree += haversine_km(ours[i, 0], ours[i, 1], float(lat), float(lon)) < 5
     assert agree >= 0.9 * len(sets)
 
 

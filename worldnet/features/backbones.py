@@ -173,11 +173,23 @@ def _tiny_random() -> Backbone:
     return Backbone(spec, _TinyCNN(32), 32)
 
 
+def _tuned(backbone: Backbone, weights: str | os.PathLike[str] | None) -> Backbone:
+    """EfficientNet-Lite with the fine-tuned last stages of ``weights`` (a file of the ``finetune`` stage), if named."""
+    if weights is None:
+        return backbone
+    from worldnet.features.finetune import apply_finetuned, load_finetuned
+
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(f"fine-tuned stages file {path} does not exist; rerun the 'finetune' stage or pass no weights")
+    return apply_finetuned(backbone, load_finetuned(path))
+
+
 _REGISTRY: dict[str, Callable[[str | os.PathLike[str] | None], Backbone]] = {
-    "efficientnet_lite0": lambda w: _efficientnet_lite(0, True),
+    "efficientnet_lite0": lambda w: _tuned(_efficientnet_lite(0, True), w),
     "efficientnet_lite0_random": lambda w: _efficientnet_lite(0, False),
-    "efficientnet_lite1": lambda w: _efficientnet_lite(1, True),
-    "efficientnet_lite2": lambda w: _efficientnet_lite(2, True),
+    "efficientnet_lite1": lambda w: _tuned(_efficientnet_lite(1, True), w),
+    "efficientnet_lite2": lambda w: _tuned(_efficientnet_lite(2, True), w),
     "vgg19": _vgg19,
     "tiny_random": lambda w: _tiny_random(),
 }
@@ -196,7 +208,8 @@ def build_backbone(
 
     Args:
         name: One of :func:`available_backbones`.
-        weights: A weights file, for backbones whose weights the user supplies (vgg19).
+        weights: A weights file: VGG19's ImageNet weights (the user supplies them), or for
+            EfficientNet-Lite the fine-tuned last stages the ``finetune`` stage wrote.
         frame: (width, height) of the image shards it will read: the input
             keeps their aspect (see :func:`input_size_for`).
         view: Input height and mirror averaging (default: the backbone's height, no mirror).

@@ -43,11 +43,11 @@ class _Pooled(torch.nn.Module):
     Runtime fuses it into the first convolution's input.
     """
 
-    def __init__(self, backbone: Backbone):
+    def __init__(self, backbone: torch.nn.Module, spec: BackboneSpec):
         super().__init__()
         self.backbone = backbone
-        std = torch.tensor(backbone.spec.std, dtype=torch.float32).view(1, 3, 1, 1)
-        mean = torch.tensor(backbone.spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.scale: torch.Tensor
         self.shift: torch.Tensor
         self.register_buffer("scale", 1.0 / (255.0 * std))
@@ -61,8 +61,16 @@ class _Pooled(torch.nn.Module):
 
 def export_onnx(backbone: Backbone) -> bytes:
     """The backbone (uint8 NHWC in, pooled features out, any batch size, its spec's input size) as an ONNX graph, in memory."""
-    h, w = backbone.spec.input_size
-    model = _Pooled(backbone.cpu().eval())
+    return export_module(backbone, backbone.spec)
+
+
+def export_module(net: torch.nn.Module, spec: BackboneSpec) -> bytes:
+    """``net`` fed as a backbone of ``spec`` is fed (uint8 NHWC in, normalised in the graph), its output named ``features``.
+
+    A whole backbone exports this way, and so do its frozen early stages, which fine-tuning runs once per photo.
+    """
+    h, w = spec.input_size
+    model = _Pooled(net.cpu().eval(), spec)
     with tempfile.TemporaryDirectory(prefix="worldnet-onnx-") as d, torch.no_grad(), warnings.catch_warnings():
         # the TorchScript exporter is chosen on purpose (exact here, no onnxscript); its deprecation notice is noise to a user
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
@@ -160,6 +168,7 @@ __all__ = [
     "ONNX_TOLERANCE",
     "EngineMismatchError",
     "OnnxBackbone",
+    "export_module",
     "export_onnx",
     "onnx_backbone",
     "onnx_error",

@@ -75,16 +75,26 @@ def _feature_pair(out_dir: UPath, shard: UPath) -> tuple[UPath, UPath]:
     return out_dir / f"{stem}.npy", out_dir / f"{stem}.parquet"
 
 
-def provenance(shard: UPath, spec: BackboneSpec, flat: bool = False) -> dict[str, object]:
+def provenance(shard: UPath, spec: BackboneSpec, flat: bool = False, weights_id: str | None = None) -> dict[str, object]:
     """What a feature shard is made from: the image shard's checksum (from its sidecar) and the model's input.
 
     A feature shard counts as done only when its recorded provenance equals
     this, so features of a rewritten or re-framed image shard, or of another
-    input size, are never reused.
+    input size, are never reused. ``weights_id`` (a weights fingerprint, set for
+    a backbone with user or fine-tuned weights) tells fine-tuned features from pretrained ones.
     """
     side = shard.with_suffix(".json")
     source = json.loads(side.read_text()).get("sha256") if side.is_file() else None
-    return {"source_sha256": source, "backbone": spec.name, "input_size": list(spec.input_size), "flip": spec.flip, "flat": flat}
+    prov: dict[str, object] = {
+        "source_sha256": source,
+        "backbone": spec.name,
+        "input_size": list(spec.input_size),
+        "flip": spec.flip,
+        "flat": flat,
+    }
+    if weights_id is not None:
+        prov["weights"] = weights_id
+    return prov
 
 
 def _is_done(npy: UPath, index: UPath, n_rows: int, prov: dict[str, object] | None = None) -> bool:
@@ -129,7 +139,11 @@ def _select_shards(shards_dir: str | Path | UPath, only: list[str] | None) -> li
 
 
 def pending_shards(
-    shards_dir: str | Path | UPath, out_dir: str | Path | UPath, spec: BackboneSpec | None = None, flat: bool = False
+    shards_dir: str | Path | UPath,
+    out_dir: str | Path | UPath,
+    spec: BackboneSpec | None = None,
+    flat: bool = False,
+    weights_id: str | None = None,
 ) -> list[str]:
     """Names of the image shards whose feature shards are missing, incomplete, or made from something else.
 
@@ -139,7 +153,7 @@ def pending_shards(
     pending = []
     for s in shard_paths(shards_dir):
         npy, idx = _feature_pair(out, s)
-        prov = provenance(s, spec, flat) if spec is not None else None
+        prov = provenance(s, spec, flat, weights_id) if spec is not None else None
         if not _is_done(npy, idx, read_parquet(s, columns=["image_id"]).height, prov):
             pending.append(s.name)
     return pending
@@ -185,6 +199,7 @@ def extract_features(
     device: str = "auto",
     progress: bool = True,
     stop_after: int | None = None,
+    weights_id: str | None = None,
 ) -> ExtractResult:
     """Embed every image of every image shard into feature shards.
 
@@ -213,6 +228,8 @@ def extract_features(
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         progress: Show a progress bar.
         stop_after: Embed at most this many shards, then stop (to test resuming).
+        weights_id: The backbone's weights fingerprint when its weights are not the
+            name's own (fine-tuned stages, a user's file): recorded in each shard's provenance.
 
     Returns:
         Counts and timing of what was embedded or skipped as already done.
@@ -233,7 +250,7 @@ def extract_features(
     for s in shards:
         labels = read_parquet(s, columns=LABEL_COLUMNS)
         npy, idx = _feature_pair(out, s)
-        if not _is_done(npy, idx, labels.height, provenance(s, backbone.spec, flat)):
+        if not _is_done(npy, idx, labels.height, provenance(s, backbone.spec, flat, weights_id)):
             todo.append((s, labels))
     skipped = len(shards) - len(todo)
     if stop_after is not None:
@@ -255,7 +272,7 @@ def extract_features(
             bar.update(len(batch.ids))
             shard, labels = todo[batch.shard]
             if len(ids) == labels.height:
-                _write_feature_shard(out, shard, labels, ids, chunks, provenance(shard, backbone.spec, flat))
+                _write_feature_shard(out, shard, labels, ids, chunks, provenance(shard, backbone.spec, flat, weights_id))
                 del pending[batch.shard]
                 images += len(ids)
                 written += 1
@@ -266,7 +283,7 @@ def extract_features(
     for shard, labels in todo:  # empty shards get no batch: write them so they count as done
         if labels.height == 0:
             _write_feature_shard(
-                out, shard, labels, [], [np.zeros((0, backbone.spec.dim), np.float16)], provenance(shard, backbone.spec, flat)
+                out, shard, labels, [], [np.zeros((0, backbone.spec.dim), np.float16)], provenance(shard, backbone.spec, flat, weights_id)
             )
     return ExtractResult(out, images, written, skipped, time.perf_counter() - t0)
 

@@ -26,22 +26,45 @@ OPSET = 17
 FIXED_BATCH = 16
 
 
-@lru_cache(maxsize=16)
 def weights_fingerprint(name: str, weights: str | None = None) -> str:
-    """sha256 (first 12 hex digits) of the backbone's weights file; ``random`` for seeded random backbones."""
+    """sha256 (first 12 hex digits) of the backbone's weights file; ``random`` for seeded random backbones.
+
+    EfficientNet-Lite with fine-tuned last stages (``weights``: the ``finetune``
+    stage's file) adds that file's digest, so its graph and features never pass
+    for the pretrained backbone's. Digests are remembered per file size and
+    mtime: a file rewritten in place is hashed again.
+    """
+    stamp = None
+    if weights is not None and os.path.isfile(weights):
+        st = os.stat(weights)
+        stamp = (st.st_size, st.st_mtime_ns)
+    return _fingerprint(name, None if weights is None else str(weights), stamp)
+
+
+@lru_cache(maxsize=32)
+def _fingerprint(name: str, weights: str | None, stamp: tuple[int, int] | None) -> str:
     if name.startswith("efficientnet_lite") and not name.endswith("_random"):
-        path = efficientnet_lite_weights_path(int(name[len("efficientnet_lite")]))
-    elif name == "vgg19":
+        base = _file_sha256(efficientnet_lite_weights_path(int(name[len("efficientnet_lite")])))[:12]
+        return base if weights is None else f"{base}-ft{_file_sha256(weights)[:10]}"
+    if name == "vgg19":
         from worldnet.features.backbones import vgg19_weights_path  # torch's hub folder: VGG19 only
 
-        path = vgg19_weights_path(weights)
-    else:
-        return "random"
+        return _file_sha256(vgg19_weights_path(weights))[:12]
+    return "random"
+
+
+def bytes_fingerprint(name: str, finetuned: bytes) -> str:
+    """:func:`weights_fingerprint` of ``name`` with fine-tuned stages held in memory (as a model file carries them)."""
+    base = _fingerprint(name, None, None)
+    return f"{base}-ft{hashlib.sha256(finetuned).hexdigest()[:10]}"
+
+
+def _file_sha256(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()[:12]
+    return h.hexdigest()
 
 
 def onnx_name(spec: BackboneSpec, fingerprint: str) -> str:
@@ -108,4 +131,4 @@ class OnnxBackbone:
         return out
 
 
-__all__ = ["FIXED_BATCH", "OPSET", "OnnxBackbone", "onnx_name", "onnx_session", "weights_fingerprint"]
+__all__ = ["FIXED_BATCH", "OPSET", "OnnxBackbone", "bytes_fingerprint", "onnx_name", "onnx_session", "weights_fingerprint"]

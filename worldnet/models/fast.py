@@ -109,16 +109,20 @@ def answer_backbone(
     graph_dirs: Sequence[str | Path | UPath],
     weights: str | None = None,
     threads: int | None = None,
+    model_path: str | Path | UPath | None = None,
 ) -> OnnxBackbone | Backbone:
     """The model's backbone as its stored ONNX graph (the first of ``graph_dirs`` holding it), session ready.
 
     With no graph stored, it is exported and checked once (PyTorch) into the
     last of ``graph_dirs`` (in memory if there is none), exactly as
     :func:`~worldnet.features.engine.build_engine` does; an export that fails
-    its check runs in PyTorch, with a warning.
+    its check runs in PyTorch, with a warning. A model with fine-tuned stages
+    names its graph by its own fingerprint; exporting it reads the stages from
+    the model file ``model_path``.
     """
     spec = backbone_spec(model.backbone, model.frame, model.view)
-    name = onnx_name(spec, weights_fingerprint(model.backbone, weights))
+    tuned = model.weights_id is not None and weights is None
+    name = onnx_name(spec, model.weights_id if tuned and model.weights_id else weights_fingerprint(model.backbone, weights))
     for folder in graph_dirs:
         path = as_path(folder) / name
         if path.is_file():
@@ -126,6 +130,13 @@ def answer_backbone(
             backbone.dynamic  # noqa: B018 - the session one photo runs in: made now, and a damaged graph fails at load
             return backbone
     from worldnet.features.engine import build_engine  # no graph stored yet: exported once, with PyTorch
+
+    if tuned:
+        from worldnet.models.predictor import finetuned_weights, load_worldnet
+
+        if model_path is None:
+            raise FileNotFoundError(f"no ONNX graph {name} stored for this fine-tuned model: pass its .pt file to export it")
+        weights = finetuned_weights(load_worldnet(model_path)[0].finetuned)
 
     return build_engine(
         model.backbone,
@@ -149,7 +160,7 @@ def load_fast(
 ) -> Predictor:
     """A :class:`~worldnet.models.predictor.Predictor` of the model file ``path`` on ONNX Runtime and numpy (see the module docs)."""
     model = twin_for(path, twin_dir)
-    return Predictor(model, answer_backbone(model, graph_dirs, weights, threads), model.snap)
+    return Predictor(model, answer_backbone(model, graph_dirs, weights, threads, model_path=path), model.snap)
 
 
 def load_predictor(

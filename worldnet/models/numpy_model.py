@@ -81,6 +81,7 @@ def twin_arrays(blob: Mapping[str, Any], source_sha256: str) -> dict[str, np.nda
         "members": members,
         "dims": [int(d) for d in blob["dims"]],
         "metrics": {k: float(v) for k, v in dict(blob.get("metrics", {})).items()},
+        "weights_id": str(blob["weights_id"]) if blob.get("weights_id") else None,
     }
     return {
         "meta": np.array(json.dumps(meta)),
@@ -218,6 +219,8 @@ class NumpyWorldNet:
     metrics: dict[str, float] = field(default_factory=dict)
     frame: tuple[int, int] | None = None
     view: View | None = None
+    #: The backbone's weights fingerprint when its last stages were fine-tuned (names its ONNX graph); None: pretrained.
+    weights_id: str | None = None
 
     @classmethod
     def from_arrays(cls, meta: dict[str, Any], a: Mapping[str, np.ndarray]) -> NumpyWorldNet:
@@ -254,6 +257,7 @@ class NumpyWorldNet:
             metrics={k: float(v) for k, v in dict(meta.get("metrics") or {}).items()},
             frame=(int(frame[0]), int(frame[1])) if frame else None,
             view=View(view.get("height"), bool(view.get("flip", False))),
+            weights_id=str(meta["weights_id"]) if meta.get("weights_id") else None,
         )
 
     def standardise(self, X: np.ndarray) -> np.ndarray:

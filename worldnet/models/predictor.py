@@ -61,8 +61,13 @@ def save_worldnet(
     snap: bool = True,
     frame: tuple[int, int] | None = None,
     view: View | None = None,
+    finetuned: str | Path | UPath | None = None,
 ) -> UPath:
     """Write a trained worldNET and its settings to one file, atomically, and its numpy twin beside it.
+
+    ``finetuned``: the ``finetune`` stage's file, when the backbone's last
+    stages were fine-tuned; its bytes travel inside the model, so the model
+    alone rebuilds its backbone (:func:`finetuned_weights`).
 
     ``frame`` (width, height) is how its training photos were framed and
     ``view`` how the backbone looked at them; photos given to the predictor are
@@ -94,6 +99,12 @@ def save_worldnet(
         "head": wn.head.state_dict(),
         "metrics": {k: float(v) for k, v in wn.metrics.items()},
     }
+    tuned = as_path(finetuned).read_bytes() if finetuned is not None else wn.finetuned
+    if tuned is not None:
+        from worldnet.features.onnx_graph import bytes_fingerprint
+
+        blob["finetuned"] = torch.frombuffer(bytearray(tuned), dtype=torch.uint8)
+        blob["weights_id"] = bytes_fingerprint(backbone, tuned)
     data = _torch_save_atomic(blob, path)
     write_twin(twin_path(path), blob, hashlib.sha256(data).hexdigest())
     return as_path(path)
@@ -193,7 +204,30 @@ def load_worldnet(path: str | Path | UPath) -> tuple[WorldNet, str, bool]:
     if blob.get("frame"):
         wn.frame = (int(blob["frame"][0]), int(blob["frame"][1]))
     wn.view = saved_view(str(blob["backbone"]), blob.get("view"))
+    if blob.get("finetuned") is not None:
+        wn.finetuned = blob["finetuned"].numpy().tobytes()
+        wn.weights_id = str(blob["weights_id"])
     return wn, str(blob["backbone"]), bool(blob["snap"])
+
+
+def finetuned_weights(finetuned: bytes | None) -> str | None:
+    """A model's fine-tuned stages as a file the backbone builder reads (None for a pretrained backbone).
+
+    Written once per content under the worldnet cache folder
+    (``$WORLDNET_CACHE_DIR``, else ``~/.cache/worldnet``), byte for byte as the
+    ``finetune`` stage wrote it, so its fingerprint names the same ONNX graph.
+    """
+    if finetuned is None:
+        return None
+    import hashlib
+
+    from worldnet.geo.naturalearth import prepared_dir
+    from worldnet.io import write_bytes_atomic
+
+    path = prepared_dir() / "finetuned" / f"{hashlib.sha256(finetuned).hexdigest()[:16]}.pt"
+    if not path.is_file():
+        write_bytes_atomic(path, finetuned)
+    return str(path)
 
 
 @dataclass
@@ -483,6 +517,7 @@ class Predictor:
         from worldnet.features.engine import build_engine
 
         wn, backbone, snap = load_worldnet(path)
+        weights = weights or finetuned_weights(wn.finetuned)
         return cls(
             wn,
             build_engine(backbone, weights, wn.frame, view=wn.view, engine=engine, device="cpu", graphs_dir=graphs_dir, threads=threads),

@@ -598,6 +598,9 @@ class WorldNet:
     frame: tuple[int, int] | None = None
     #: How its backbone looked at them (input height, mirror averaging); None: the backbone's default.
     view: View | None = None
+    #: The ``finetune`` stage's file (its bytes) when the backbone's last stages were fine-tuned, and its fingerprint.
+    finetuned: bytes | None = None
+    weights_id: str | None = None
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 2) lat/lon before land snapping, and (N, K) classifier probabilities."""
@@ -682,11 +685,15 @@ def fit_interpolation(
     mode: str = "in_sample",
     cfg: TrainConfig | None = None,
     outer_groups: np.ndarray | None = None,
+    head_rows: np.ndarray | None = None,
 ) -> WorldNet:
     """Stage 2: with the classifier frozen, train the interpolation head (see module docs for ``mode``).
 
     ``outer_groups`` (crossfit with ``cfg.calibrate_on_groups``): coarser groups (cities, countries) whose
     held-out folds add a second copy of the training rows, scored by classifiers that never saw their group.
+    ``head_rows`` (a mask over the training rows): the rows the head is fitted on, all by default. With a
+    fine-tuned backbone these are the rows it did not train on: their probabilities look like a new photo's
+    (docs/method.md, "Fine-tuning"); the fold classifiers still learn from every row.
     """
     _check_head_mode(mode)
     cfg = cfg or TrainConfig()
@@ -701,6 +708,9 @@ def fit_interpolation(
         weight_decay = cfg.crossfit_weight_decay
     else:
         probs, weight_decay = predict_proba(fit.classifier, Xt), cfg.head_weight_decay
+    if head_rows is not None:
+        keep = np.concatenate([head_rows] * (len(probs) // len(head_rows)))
+        probs, latlon_train = probs[torch.from_numpy(keep)], latlon_train[keep]
     head, losses = train_head(probs, latlon_train, centroids_latlon, cfg, weight_decay)
     metrics = {**fit.metrics, "head_final_loss_km": losses[-1], "head_weight_decay": weight_decay}
     return WorldNet(fit.standardiser, fit.classifier, head, centroids_latlon, centroid_names, mode, metrics)
