@@ -1,5 +1,5 @@
+# ruff: noqa: B023
 """What fine-tuning costs: cached activations against recomputing the frozen stages, and against full backprop.
-# ruff: noqa: B023 - the step closures run inside the loop iteration that defines them
 
     .venv/bin/python benchmarks/bench_finetune.py [--backbone efficientnet_lite0] [--height 300] [--width 400]
         [--stages 1 2] [--rounds 5] [--photos 1707 560000] [--device cpu|cuda]
