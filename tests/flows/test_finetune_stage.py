@@ -15,7 +15,17 @@ from worldnet.features.finetune import load_finetuned
 from worldnet.features.onnx_graph import weights_fingerprint
 from worldnet.storage import sorted_glob
 
-STAGES_TO_HEAD = ["ingest", "debias", "split", "shard", "finetune", "extract_features", "cluster", "train_classifier", "train_interpolation"]
+STAGES_TO_HEAD = [
+    "ingest",
+    "debias",
+    "split",
+    "shard",
+    "finetune",
+    "extract_features",
+    "cluster",
+    "train_classifier",
+    "train_interpolation",
+]
 
 
 def _cfg(world, root, **kw):
