@@ -116,3 +116,10 @@ def test_full_batches_partial_batches_and_single_photos_agree(tmp_path):
     assert whole.shape == (FIXED_BATCH + 5, model.spec.dim)
     np.testing.assert_allclose(model(x[FIXED_BATCH:]), whole[FIXED_BATCH:], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model(x[:1]), whole[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_exporting_leaves_the_callers_batch_norms_in_eval_mode():
+    """The exporter restores its wrapper's mode recursively: a wrapper left training would switch shared modules."""
+    bb = build_backbone("tiny_random")
+    engine_mod.export_module(bb, bb.spec)
+    assert not any(m.training for m in bb.modules())

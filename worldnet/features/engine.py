@@ -70,7 +70,9 @@ def export_module(net: torch.nn.Module, spec: BackboneSpec) -> bytes:
     A whole backbone exports this way, and so do its frozen early stages, which fine-tuning runs once per photo.
     """
     h, w = spec.input_size
-    model = _Pooled(net.cpu().eval(), spec)
+    # the wrapper is put in eval mode too: the exporter restores the wrapper's mode on exit, recursively,
+    # and a wrapper left in training mode would switch the caller's batch norms to batch statistics
+    model = _Pooled(net.cpu().eval(), spec).eval()
     with tempfile.TemporaryDirectory(prefix="worldnet-onnx-") as d, torch.no_grad(), warnings.catch_warnings():
         # the TorchScript exporter is chosen on purpose (exact here, no onnxscript); its deprecation notice is noise to a user
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
