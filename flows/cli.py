@@ -68,12 +68,20 @@ FinetuneOption = Annotated[
     str,
     typer.Option(
         help="Fine-tune the backbone's last stages on the training photos (the classifier's objective; early stages frozen "
-        "and run once): auto (EfficientNet-Lite with 500+ training photos; on a CPU up to 50,000), on or off (the frozen "
-        "ImageNet features). See docs/method.md, Fine-tuning.",
+        "and run once): auto (EfficientNet-Lite with 500+ training photos; on a CPU only while 3 epochs fit a budget of "
+        "12,000 photo-epochs, about 4.5 minutes on 2 cores: a run up to 4,000 training photos, cv rarely), on or off "
+        "(the frozen ImageNet features). See docs/method.md, Fine-tuning.",
     ),
 ]
 FinetuneStagesOption = Annotated[int, typer.Option(help="Fine-tuning: trailing block stages trained, with the head convolution.")]
-FinetuneEpochsOption = Annotated[int, typer.Option(help="Fine-tuning: epochs (the best validation epoch is kept).")]
+FinetuneEpochsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Fine-tuning: epochs, the best validation epoch kept. Default 8; on a CPU fewer (at least 3) where the "
+        "training photos times 8 exceed the 12,000 photo-epoch budget.",
+        show_default=False,
+    ),
+]
 
 DATA_ROOT_HELP = (
     "Input dataset: a GSV-Cities folder (Dataframes/ + Images/), a CSV with path,lat,lon[,city,place_id,heading,year,month] "
@@ -340,13 +348,13 @@ def _check_data_roots(roots: list[Path], dataset_kind: str) -> None:
         raise ValueError(f"--data-root given twice for datasets named {sorted({n for n in names if names.count(n) > 1})}: name each once")
 
 
-def _check_finetune(setting: str, backbone: str, stages: int, epochs: int) -> None:
+def _check_finetune(setting: str, backbone: str, stages: int, epochs: int | None) -> None:
     from tasks.config import resolve_finetune
 
     resolve_finetune(setting, backbone, 0, "cpu")
     if not 1 <= stages <= 6:
         raise ValueError(f"--finetune-stages {stages}: EfficientNet-Lite has 7 block stages; train 1 to 6")
-    if epochs < 1:
+    if epochs is not None and epochs < 1:
         raise ValueError(f"--finetune-epochs {epochs}: train at least 1 epoch")
 
 
@@ -465,7 +473,7 @@ def run(
     flip: FlipOption = "auto",
     finetune: FinetuneOption = "auto",
     finetune_stages: FinetuneStagesOption = 2,
-    finetune_epochs: FinetuneEpochsOption = 8,
+    finetune_epochs: FinetuneEpochsOption = None,
     task_runner: Annotated[
         str, typer.Option(help="Where per-shard tasks run: threads (this process) or dask (a Dask cluster via prefect-dask).")
     ] = "threads",
@@ -654,7 +662,7 @@ def cv(
     flip: FlipOption = "auto",
     finetune: FinetuneOption = "auto",
     finetune_stages: FinetuneStagesOption = 2,
-    finetune_epochs: FinetuneEpochsOption = 8,
+    finetune_epochs: FinetuneEpochsOption = None,
     debug: Annotated[bool, typer.Option(help="Show the full traceback of an error.")] = False,
 ) -> None:
     """Grouped k-fold evaluation of every model on a small dataset; prints the paper's table.
@@ -720,13 +728,16 @@ def cv(
     except _user_errors() as exc:
         raise _user_error(exc, debug) from None
     X, labels = load_features(cat.path("feature_shards"))
+    from tasks.config import finetune_epochs as epochs_for
     from tasks.config import resolve_finetune
 
-    tuned, why = resolve_finetune(finetune, backbone, labels.height * (folds - 1) // folds, "cuda" if _has_cuda() else "cpu")
-    typer.echo(f"fine-tuning: {'on' if tuned else 'off'} ({why})", err=True)
-    fold_features = (
-        _cv_finetuner(cat, backbone, (width, height), view, labels, finetune_stages, finetune_epochs, seed, cluster, k) if tuned else None
-    )
+    fold_photos, dev = labels.height * (folds - 1) // folds, "cuda" if _has_cuda() else "cpu"
+    tuned, why = resolve_finetune(finetune, backbone, fold_photos, dev, backbones=folds)
+    epochs = epochs_for(finetune_epochs, fold_photos, dev, backbones=folds)
+    typer.echo(f"fine-tuning: {'on, ' + str(epochs) + ' epochs' if tuned else 'off'} ({why})", err=True)
+    fold_features = None
+    if tuned:
+        fold_features = _cv_finetuner(cat, backbone, (width, height), view, labels, finetune_stages, epochs, seed, cluster, k)
     keys = country_of(labels["lat"].to_numpy(), labels["lon"].to_numpy()) if group == "country" else labels["city"].to_numpy()
     groups = np.array([str(g) for g in keys])
     train_cfg = TrainConfig(seed=seed, classifier=classifier, members=members, feature_power=feature_power)

@@ -124,7 +124,7 @@ class PipelineConfig:
     finetune: str = "auto"
     #: Trailing block stages fine-tuned (with the 1x1 head convolution), and their epochs.
     finetune_stages: int = 2
-    finetune_epochs: int = 8
+    finetune_epochs: int | None = None  # None: finetune_epochs() chooses (8, fewer on a CPU for large sets)
     device: str = "auto"
     #: Backbone engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch; features agree to cosine > 0.9999.
     engine: str = "auto"
@@ -171,12 +171,33 @@ class PipelineConfig:
 FINETUNE_SETTINGS = ("auto", "on", "off")
 #: ``finetune=auto`` fine-tunes from this many training photos (fewer: the frozen features; see docs/method.md).
 FINETUNE_MIN_PHOTOS = 500
-#: ... and on a CPU up to this many (the activation cache costs ~0.1 s a photo on 2 cores; a GPU has no cap).
-FINETUNE_CPU_MAX_PHOTOS = 50_000
+#: Epochs when nothing caps them (a GPU, or a small set on a CPU); the best validation epoch is kept.
+FINETUNE_EPOCHS = 8
+#: On a CPU, ``auto`` trains at most this many photo-epochs per job (about 4.5 minutes on 2 cores at the Street View
+#: view: 2,558 photos took 54 s an epoch), and never fewer than FINETUNE_MIN_EPOCHS each (docs/method.md measures
+#: 4 epochs within a few per cent of 8 on street_world). A job that cannot afford them keeps the frozen features.
+FINETUNE_CPU_PHOTO_EPOCHS = 12_000
+FINETUNE_MIN_EPOCHS = 3
 
 
-def resolve_finetune(setting: str, backbone: str, train_photos: int, device: str) -> tuple[bool, str]:
+def finetune_epochs(requested: int | None, train_photos: int, device: str, backbones: int = 1) -> int:
+    """Epochs to fine-tune: ``requested`` if given, else FINETUNE_EPOCHS capped on a CPU by the photo-epoch budget.
+
+    ``backbones`` is how many are trained on about ``train_photos`` each (``cv`` trains one per fold).
+    """
+    if requested is not None:
+        return requested
+    if device == "cuda":
+        return FINETUNE_EPOCHS
+    affordable = FINETUNE_CPU_PHOTO_EPOCHS // max(1, train_photos * backbones)
+    return max(FINETUNE_MIN_EPOCHS, min(FINETUNE_EPOCHS, affordable))
+
+
+def resolve_finetune(setting: str, backbone: str, train_photos: int, device: str, backbones: int = 1) -> tuple[bool, str]:
     """Whether to fine-tune, and why: ``on`` and ``off`` as asked; ``auto`` by backbone, data size and device.
+
+    On a CPU ``auto`` fine-tunes only when FINETUNE_MIN_EPOCHS over ``train_photos`` for each of ``backbones`` fit
+    FINETUNE_CPU_PHOTO_EPOCHS (a ``run`` up to 4,000 training photos; ``cv``, one backbone per fold, rarely).
 
     Raises:
         ValueError: For an unknown setting, or ``on`` with a backbone that cannot be fine-tuned.
@@ -194,9 +215,13 @@ def resolve_finetune(setting: str, backbone: str, train_photos: int, device: str
         return False, f"auto: {backbone} has no pretrained stages to fine-tune"
     if train_photos < FINETUNE_MIN_PHOTOS:
         return False, f"auto: {train_photos} training photos, under {FINETUNE_MIN_PHOTOS}"
-    if device != "cuda" and train_photos > FINETUNE_CPU_MAX_PHOTOS:
-        return False, f"auto: {train_photos} training photos on a CPU, over {FINETUNE_CPU_MAX_PHOTOS} (pass finetune='on', or use a GPU)"
-    return True, f"auto: {train_photos} training photos on {device}"
+    many = f" for each of {backbones} backbones" if backbones > 1 else ""
+    if device != "cuda" and train_photos * backbones * FINETUNE_MIN_EPOCHS > FINETUNE_CPU_PHOTO_EPOCHS:
+        return False, (
+            f"auto: {FINETUNE_MIN_EPOCHS} epochs over {train_photos} training photos{many} exceed a CPU's budget of "
+            f"{FINETUNE_CPU_PHOTO_EPOCHS:,} photo-epochs (pass finetune='on', or use a GPU)"
+        )
+    return True, f"auto: {train_photos} training photos{many} on {device}"
 
 
-__all__ = ["FINETUNE_SETTINGS", "STAGES", "STAGE_IO", "STAGE_PARAMS", "PipelineConfig", "resolve_finetune"]
+__all__ = ["FINETUNE_SETTINGS", "STAGES", "STAGE_IO", "STAGE_PARAMS", "PipelineConfig", "finetune_epochs", "resolve_finetune"]

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 from prefect import task
 
-from tasks.config import PipelineConfig, resolve_finetune
+from tasks.config import PipelineConfig, finetune_epochs, resolve_finetune
 from tasks.lineage import STAGE_TASK, stage_run
 from worldnet.data.shards import shard_frame, shard_paths
 from worldnet.features.extract import resolve_device
@@ -87,7 +87,9 @@ def finetune_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict
         frame = shard_frame(cat.require("image_shards"))
         view = cfg.view(lambda: one_driving_side(labels["lat"].to_numpy(), labels["lon"].to_numpy()))
         backbone = build_backbone(cfg.backbone, None, frame, view)
-        ft = FinetuneConfig(stages=cfg.finetune_stages, epochs=cfg.finetune_epochs, seed=cfg.seed)
+        epochs = finetune_epochs(cfg.finetune_epochs, int(train.sum()), device)
+        mlflow.log_param("finetune_epochs_resolved", epochs)
+        ft = FinetuneConfig(stages=cfg.finetune_stages, epochs=epochs, seed=cfg.seed)
         threads = default_workers()
         torch.set_num_threads(threads)
         key = json.dumps(

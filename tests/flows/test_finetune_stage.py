@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flows.pipeline import run_pipeline
-from tasks.config import FINETUNE_MIN_PHOTOS, resolve_finetune
+from tasks.config import FINETUNE_CPU_PHOTO_EPOCHS, FINETUNE_MIN_EPOCHS, FINETUNE_MIN_PHOTOS, finetune_epochs, resolve_finetune
 from tests.flows.conftest import small_cfg
 from worldnet.features.finetune import load_finetuned
 from worldnet.features.onnx_graph import weights_fingerprint
@@ -45,6 +45,20 @@ def test_auto_fine_tunes_pretrained_lite_with_enough_photos_only():
         resolve_finetune("on", "vgg19", 10, "cpu")
     with pytest.raises(ValueError, match="auto, on, off"):
         resolve_finetune("yes", "efficientnet_lite0", 10, "cpu")
+
+
+def test_a_cpu_fine_tunes_within_its_photo_epoch_budget_and_cv_counts_every_fold():
+    most = FINETUNE_CPU_PHOTO_EPOCHS // FINETUNE_MIN_EPOCHS  # the largest set a CPU fine-tunes by default
+    assert resolve_finetune("auto", "efficientnet_lite0", most, "cpu")[0]
+    off, why = resolve_finetune("auto", "efficientnet_lite0", most + 1, "cpu")
+    assert not off and "photo-epochs" in why
+    assert not resolve_finetune("auto", "efficientnet_lite0", most // 5 + 1, "cpu", backbones=5)[0]  # cv: one per fold
+    assert resolve_finetune("on", "efficientnet_lite0", 10**6, "cpu", backbones=5)[0]
+    assert finetune_epochs(None, 726, "cpu") == 8  # gsv_uswest's training photos: no cap
+    assert finetune_epochs(None, 2558, "cpu") == 4  # street_world's
+    assert finetune_epochs(None, most, "cpu") == FINETUNE_MIN_EPOCHS
+    assert finetune_epochs(None, 10**6, "cuda") == 8
+    assert finetune_epochs(2, 10**6, "cpu") == 2  # asked for: as asked
 
 
 def test_fine_tuned_stages_reach_features_model_and_predictors_and_a_rerun_redoes_nothing(harness, world, tmp_path):

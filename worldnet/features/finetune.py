@@ -156,7 +156,8 @@ class Activations:
 def _front_on(front: nn.Module, backbone: Backbone, images: torch.Tensor, mirror: bool) -> np.ndarray:
     x = normalise_batch(images, backbone.spec)
     n = x.shape[0]
-    a = front(torch.cat([x, x.flip(3)]) if mirror else x)
+    with torch.no_grad():  # the front is frozen: no graph to keep, whoever calls
+        a = front(torch.cat([x, x.flip(3)]) if mirror else x)
     out = torch.stack([a[:n], a[n:]], 1) if mirror else a[:, None]
     return out.to(torch.float16).cpu().numpy()
 
@@ -591,7 +592,6 @@ def place_targets(
         classifier_targets(val.select("lat", "lon").to_numpy()[keep], c, y_va[keep], TrainConfig()) if keep.any() else np.zeros((0, len(c)))
     )
     return t_tr.astype(np.float32), keep, t_va.astype(np.float32), centroids.height
-
 
 
 def calibration_split(labels: pl.DataFrame, train: np.ndarray, share: float, seed: int = 0) -> np.ndarray:
