@@ -17,6 +17,7 @@ import typer
 
 from flows.env import apply_local_defaults
 from flows.guard import start_guard
+from tasks.config import STAGES
 
 if TYPE_CHECKING:
     from upath import UPath
@@ -295,7 +296,6 @@ def _preflight(root: str, backbone: str, weights: str | None, only: str | None, 
     """
     import os
 
-    from tasks.config import STAGES
     from worldnet.features.names import BACKBONES_WITH_WEIGHTS, available_backbones
     from worldnet.storage import is_local, local_path
 
@@ -508,9 +508,8 @@ def run(
 ) -> None:
     """Run the pipeline (or one stage of it) under Prefect with MLflow tracking.
 
-    Stages: ingest, debias, split, shard, finetune, extract_features, cluster, train_classifier,
-    train_interpolation, train_baselines, evaluate, report, register. The shard and
-    extract_features stages map one task per shard, onto Dask workers with --task-runner dask.
+    Stages: {stages}. The shard and extract_features stages map one task per shard, onto Dask workers with
+    --task-runner dask.
     """
     from worldnet.data.debias import check_debias_options
     from worldnet.head_modes import resolve_head_mode
@@ -599,6 +598,9 @@ def run(
     _print_results(result, cfg.tracking_root())
 
 
+run.__doc__ = (run.__doc__ or "").replace("{stages}", ", ".join(STAGES))  # typer reads it when the CLI starts
+
+
 @app.command()
 def demo(
     root: Annotated[Path, typer.Option(help="Where the synthetic data, artifacts and MLflow store go.")] = Path(".worldnet"),
@@ -637,7 +639,9 @@ def cv(
     dataset_kind: Annotated[
         str, typer.Option(help="auto (a folder with Dataframes/ is gsv_cities, a .csv is csv) | gsv_cities | flat | csv")
     ] = "auto",
-    root: Annotated[Path, typer.Option(help="Catalog root for this run's shards and features.")] = Path(".worldnet/cv"),
+    root: Annotated[
+        Path, typer.Option(help="Catalog root: shared with `worldnet run`, whose recorded shards and features cv reuses (and the reverse).")
+    ] = Path(".worldnet"),
     folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
     group: Annotated[str, typer.Option(help="Keep each country or city in one fold: country | city.")] = "country",
     backbone: Annotated[str, typer.Option(help="Feature backbone.")] = "efficientnet_lite0",
@@ -684,115 +688,55 @@ def cv(
         _preflight(str(root), backbone, weights, None, None)
         _check_classifier(classifier, members, feature_power)
         resolve_head_mode(head_mode, "unseen")
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    width, height = _parse_size(image_size)
-    try:
+        width, height = _parse_size(image_size)
         _check_clusters(cluster, k)
         _check_numbers(seed, crossfit_weight_decay, folds)
         _check_data_roots(data_root, dataset_kind)
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    import numpy as np
-    import polars as pl
-
-    from worldnet.catalog import Catalog
-    from worldnet.data.ingest import ingest_many, input_summary, require_rows
-    from worldnet.data.shards import ShardSpec, infer_frame, write_shards
-    from worldnet.evaluate import cross_validate
-    from worldnet.features.engine import build_engine
-    from worldnet.features.extract import extract_features, load_features
-    from worldnet.features.names import View, resolve_flip
-    from worldnet.geo.regions import country_of, one_driving_side
-    from worldnet.models.worldnet_model import TrainConfig
+    from flows.cv import cv_flow
     from worldnet.report import markdown_table, paper_table
 
+    cfg = _config(
+        data_root,
+        root,
+        backbone,
+        weights,
+        dataset_kind,
+        False,
+        head_mode,
+        cluster,
+        k,
+        seed,
+        None,
+        image_width=width,
+        image_height=height,
+        classifier=classifier,
+        members=members,
+        feature_power=feature_power,
+        input_height=input_height,
+        flip=flip,
+        finetune=finetune,
+        finetune_stages=finetune_stages,
+        finetune_epochs=finetune_epochs,
+        engine=engine,
+    )
+    if crossfit_weight_decay is not None:
+        cfg.crossfit_weight_decay = crossfit_weight_decay
+    if not debug:
+        _quiet_prefect_user_errors()
+    start_guard()
     try:
-        cat = Catalog.from_yaml(root, data_root=str(data_root[0]), backbone=backbone)
-        manifest, rejects, _ = ingest_many(dataset_kind, [str(r) for r in data_root])
-        rejects_path = str(cat.save("rejects", rejects))
-        require_rows(manifest, rejects, ", ".join(str(r) for r in data_root), rejects_path)
-        table = manifest.with_columns(seen=pl.lit("train"), unseen=pl.lit("train"))
-        if width == 0:
-            width, height = infer_frame(table["path"].to_list(), height)
-        shards = write_shards(table, cat.path("image_shards"), ShardSpec(shard_size=64, width=width, height=height))
-        shard_rejects_path = str(cat.save("shard_rejects", shards.rejects))
-        typer.echo(
-            input_summary(
-                manifest.height - shards.rejects.height, (rejects, rejects_path), (shards.rejects, shard_rejects_path), manifest=manifest
-            ).line()
-        )
-        view = View(input_height, resolve_flip(flip, lambda: one_driving_side(table["lat"].to_numpy(), table["lon"].to_numpy())))
-        model = build_engine(backbone, weights, (width, height), view=view, engine=engine, graphs_dir=cat.path("onnx_graphs"))
-        extract_features(model, cat.path("image_shards"), cat.path("feature_shards"))
+        res = cv_flow(cfg, group=group, folds=folds)
     except _user_errors() as exc:
         raise _user_error(exc, debug) from None
-    X, labels = load_features(cat.path("feature_shards"))
-    from tasks.config import finetune_epochs as epochs_for
-    from tasks.config import resolve_finetune
-
-    fold_photos, dev = labels.height * (folds - 1) // folds, "cuda" if _has_cuda() else "cpu"
-    tuned, why = resolve_finetune(finetune, backbone, fold_photos, dev, backbones=folds)
-    epochs = epochs_for(finetune_epochs, fold_photos, dev, backbones=folds)
-    typer.echo(f"fine-tuning: {'on, ' + str(epochs) + ' epochs' if tuned else 'off'} ({why})", err=True)
-    fold_features = None
-    if tuned:
-        fold_features = _cv_finetuner(cat, backbone, (width, height), view, labels, finetune_stages, epochs, seed, cluster, k)
-    keys = country_of(labels["lat"].to_numpy(), labels["lon"].to_numpy()) if group == "country" else labels["city"].to_numpy()
-    groups = np.array([str(g) for g in keys])
-    train_cfg = TrainConfig(seed=seed, classifier=classifier, members=members, feature_power=feature_power)
-    if crossfit_weight_decay is not None:
-        train_cfg.crossfit_weight_decay = crossfit_weight_decay
-    res = cross_validate(
-        X,
-        labels,
-        groups,
-        n_folds=folds,
-        cluster_strategy=cluster,
-        k=k,
-        head_mode=head_mode,
-        seed=seed,
-        cfg=train_cfg,
-        progress=lambda f, n, secs: typer.echo(f"fold {f + 1}/{n} done in {secs:.1f}s", err=True),
-        fold_features=fold_features,
-    )
-    typer.echo(f"\n{folds}-fold cross-validation grouped by {group}: {labels.height} images, {len(set(groups))} {group} groups")
-    typer.echo(paper_table(res.metrics))
-    typer.echo("\n" + markdown_table(res.metrics))
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
-def _cv_finetuner(cat, backbone, frame, view, labels, stages, epochs, seed, cluster, k):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
-    """Each fold's fine-tuned features, from one activation cache of every photo (see worldnet.features.finetune.fold_finetuner)."""
-    from worldnet.data.shards import shard_paths
-    from worldnet.features.backbones import build_backbone
-    from worldnet.features.finetune import FinetuneConfig, cache_activations, fold_finetuner
-    from worldnet.features.onnx_graph import weights_fingerprint
-    from worldnet.parallel import default_workers
-
-    bb = build_backbone(backbone, None, frame, view)
-    key = json.dumps({"backbone": weights_fingerprint(backbone), "input": list(bb.spec.input_size), "flip": view.flip, "stages": stages})
-    shards = shard_paths(cat.path("image_shards"))
-    acts = cache_activations(bb, stages, shards, cat.path("finetune_cache"), mirror=view.flip, key=key, threads=default_workers())
-    order = {i: n for n, i in enumerate(acts.ids)}
-    if set(order) != set(labels["image_id"].to_list()):
-        raise RuntimeError("the fine-tune cache is out of step with the features; delete the --root folder and rerun")
-    acts.data = acts.data[[order[i] for i in labels["image_id"].to_list()]] if acts.ids != labels["image_id"].to_list() else acts.data
-    acts.ids = labels["image_id"].to_list()
-    return fold_finetuner(
-        lambda: build_backbone(backbone, None, frame, view),
-        acts,
-        labels,
-        FinetuneConfig(stages=stages, epochs=epochs, seed=seed),
-        strategy=cluster,
-        k=k,
-        progress=True,
-    )
+    except Exception as exc:  # noqa: BLE001 - a full disk is one line; anything else re-raised
+        raise _fail_environment(exc, str(root), _store_file(str(root)), debug) from None
+    if res.get("input"):
+        typer.echo(res["input"])
+    typer.echo(f"\n{folds}-fold cross-validation grouped by {group}: {res['images']} images, {res['groups']} {group} groups")
+    typer.echo(paper_table(res["metrics"]))
+    typer.echo("\n" + markdown_table(res["metrics"]))
 
 
 @app.command()

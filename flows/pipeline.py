@@ -18,11 +18,10 @@ import mlflow
 from prefect import flow
 
 from flows.runners import make_task_runner
-from tasks.config import STAGES, PipelineConfig
+from tasks.config import PIPELINE, STAGES, PipelineConfig, stage_task
 from tasks.lineage import current_key, input_summary_of, record_stage, restore_outputs, up_to_date
 from tasks.records import root_id, root_lock
 from tasks.registry import register_task
-from tasks.stages import STAGE_TASKS
 from tasks.tracking import configure_mlflow, fail_abandoned_runs
 
 
@@ -155,7 +154,7 @@ def _run_or_skip(cfg: PipelineConfig, stage: str, parent_run_id: str, *, force: 
     else:
         out["reasons"][stage] = "asked for"
     key_parts = current_key(cfg, stage)
-    state = STAGE_TASKS[stage](cfg, parent_run_id, return_state=True)
+    state = stage_task(stage)(cfg, parent_run_id, return_state=True)
     out["states"][stage] = state.name
     out[stage] = state.result()
     record_stage(cfg, stage, key_parts, out[stage])
@@ -199,16 +198,6 @@ def _stage_flow(stage: str):  # noqa: ANN202 - builds one small flow per stage
     return stage_flow
 
 
-ingest_flow = _stage_flow("ingest")
-debias_flow = _stage_flow("debias")
-split_flow = _stage_flow("split")
-shard_flow = _stage_flow("shard")
-finetune_flow = _stage_flow("finetune")
-extract_features_flow = _stage_flow("extract_features")
-cluster_flow = _stage_flow("cluster")
-train_classifier_flow = _stage_flow("train_classifier")
-train_interpolation_flow = _stage_flow("train_interpolation")
-train_baselines_flow = _stage_flow("train_baselines")
-evaluate_flow = _stage_flow("evaluate")
-report_flow = _stage_flow("report")
-register_flow = _stage_flow("register")
+# One flow per declared stage (``ingest_flow``, ``shard_flow``, ...): the entrypoints of prefect.yaml's stage deployments.
+for _stage in PIPELINE:
+    globals()[f"{_stage.name}_flow"] = _stage_flow(_stage.name)

@@ -9,87 +9,188 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from worldnet.catalog import Catalog
     from worldnet.features.names import View
 
-STAGES = (
-    "ingest",
-    "debias",
-    "split",
-    "shard",
-    "finetune",
-    "extract_features",
-    "cluster",
-    "train_classifier",
-    "train_interpolation",
-    "train_baselines",
-    "evaluate",
-    "report",
-    "register",
-)
 
-#: What each stage reads and writes, by catalog name (drives caching, lineage and restores).
-STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "ingest": (("raw_images",), ("manifest_raw", "rejects")),
-    "debias": (("manifest_raw",), ("manifest_debiased",)),
-    "split": (("manifest_debiased",), ("splits",)),
-    "shard": (("manifest_debiased", "splits", "raw_images"), ("image_shards", "shard_rejects")),  # a photo's new bytes re-frame it
-    "finetune": (("image_shards",), ("finetuned_backbone",)),
-    # the manifest settles flip=auto
-    "extract_features": (("image_shards", "manifest_debiased", "finetuned_backbone"), ("feature_shards",)),
-    "cluster": (("feature_shards",), ("centroids",)),
-    "train_classifier": (("feature_shards", "centroids"), ("classifier",)),
-    "train_interpolation": (("feature_shards", "centroids", "classifier", "finetuned_backbone"), ("worldnet_model",)),
-    "train_baselines": (("feature_shards",), ("baseline_predictions",)),
-    "evaluate": (
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage, declared once (kedro's ``node(func, inputs, outputs)``).
+
+    Everything else about a stage comes from this: the pipeline's order, what reruns it (its catalog inputs and the
+    configuration fields in ``params``), the per-stage flows, the CLI's stage list, ``prefect.yaml``'s deployments
+    and the README's stage table (``python -m flows.declared --write``; a test fails on any drift).
+    """
+
+    name: str
+    #: ``module:attribute`` of its Prefect task, imported only when the stage runs (this module stays light).
+    task: str
+    #: The library function that does the work, and how, as the README's table shows it.
+    does: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    #: The configuration fields its result depends on: changing one reruns exactly the stages downstream of it.
+    params: tuple[str, ...] = ()
+    #: What it writes, as the README's table shows it (default: its outputs).
+    writes: str = ""
+    #: Whether a record proves it up to date (``register`` always runs).
+    recorded: bool = True
+
+
+#: The pipeline, in order.
+PIPELINE: tuple[Stage, ...] = (
+    Stage(
+        "ingest",
+        "tasks.data_stages:ingest_task",
+        "`worldnet.data.ingest.ingest`",
+        ("raw_images",),
+        ("manifest_raw", "rejects"),
+        ("data_root", "dataset_kind", "strict"),
+    ),
+    Stage(
+        "debias",
+        "tasks.data_stages:debias_task",
+        "`worldnet.data.debias.debias`",
+        ("manifest_raw",),
+        ("manifest_debiased",),
+        ("debias_strategy", "debias_cap", "debias_max_share", "debias_max_drop", "seed"),
+    ),
+    Stage(
+        "split",
+        "tasks.data_stages:split_task",
+        "`worldnet.data.split.make_splits`",
+        ("manifest_debiased",),
+        ("splits",),
+        ("test_fraction", "val_fraction", "unseen_cities", "n_unseen", "seed"),
+    ),
+    Stage(
+        "shard",
+        "tasks.data_stages:shard_task",
+        "`worldnet.data.shards.write_shard`, one task per shard",
+        ("manifest_debiased", "splits", "raw_images"),  # a photo's new bytes re-frame it
+        ("image_shards", "shard_rejects"),
+        ("shard_size", "image_width", "image_height", "strict"),
+    ),
+    Stage(
+        "finetune",
+        "tasks.finetune_stage:finetune_task",
+        "`worldnet.features.finetune.finetune_tail` on cached front activations (`--finetune auto/on/off`)",
+        ("image_shards",),
+        ("finetuned_backbone",),
+        (
+            "finetune",
+            "finetune_stages",
+            "finetune_epochs",
+            "backbone",
+            "input_height",
+            "flip",
+            "cluster_strategy",
+            "k",
+            "seed",
+            "protocols",
+            "device",
+        ),
+        writes="`finetuned_backbone` (scratch: `finetune_cache`)",
+    ),
+    Stage(
+        "extract_features",
+        "tasks.data_stages:extract_task",
+        "`worldnet.features.extract.extract_features`, one task per shard (ONNX Runtime on CPU), with the fine-tuned stages if any",
+        ("image_shards", "manifest_debiased", "finetuned_backbone"),  # the manifest settles flip=auto
+        ("feature_shards",),
+        ("backbone", "backbone_weights", "input_height", "flip", "flat_features", "device"),
+        writes="`feature_shards`, `onnx_graphs`",
+    ),
+    Stage(
+        "cluster",
+        "tasks.model_stages:cluster_task",
+        "`worldnet.protocol.cluster_step`",
+        ("feature_shards",),
+        ("centroids",),
+        ("cluster_strategy", "k", "seed", "protocols"),
+        writes="`centroids` (per protocol)",
+    ),
+    Stage(
+        "train_classifier",
+        "tasks.model_stages:train_classifier_task",
+        "`worldnet.protocol.train_classifier_step`",
+        ("feature_shards", "centroids"),
+        ("classifier",),
+        ("cluster_strategy", "classifier", "members", "feature_power", "seed", "protocols"),
+    ),
+    Stage(
+        "train_interpolation",
+        "tasks.model_stages:train_interpolation_task",
+        "`worldnet.protocol.train_interpolation_step`",
+        ("feature_shards", "centroids", "classifier", "finetuned_backbone"),
+        ("worldnet_model",),
+        ("cluster_strategy", "classifier", "members", "feature_power", "crossfit_weight_decay", "seed", "snap", "backbone", "protocols"),
+        writes="`worldnet_model` (both head modes)",
+    ),
+    Stage(
+        "train_baselines",
+        "tasks.model_stages:train_baselines_task",
+        "`worldnet.protocol.train_baselines_step`",
+        ("feature_shards",),
+        ("baseline_predictions",),
+        ("seed", "protocols"),
+    ),
+    Stage(
+        "evaluate",
+        "tasks.model_stages:evaluate_task",
+        "`worldnet.evaluate.evaluate_step`",
         ("feature_shards", "centroids", "worldnet_model", "baseline_predictions"),
         ("predictions", "metrics", "evaluation_summary"),
+        ("head_mode", "snap", "seed", "protocols"),
     ),
-    "report": (("predictions", "metrics", "evaluation_summary", "worldnet_model", "centroids", "rejects", "shard_rejects"), ("report",)),
-    "register": (("worldnet_model", "metrics"), ()),
-}
+    Stage(
+        "report",
+        "tasks.model_stages:report_task",
+        "`worldnet.report.write_report`",
+        ("predictions", "metrics", "evaluation_summary", "worldnet_model", "centroids", "rejects", "shard_rejects"),
+        ("report",),
+        ("head_mode", "protocols"),
+        writes="`report` (Markdown, CSV, maps, error CDFs, continent confusion)",
+    ),
+    Stage(
+        "register",
+        "tasks.registry:register_task",
+        "`tasks.registry.register_task`",
+        ("worldnet_model", "metrics"),
+        (),
+        writes="MLflow model `worldnet` (`challenger`; `champion` if better)",
+        recorded=False,
+    ),
+)
+
+STAGES = tuple(s.name for s in PIPELINE)
+#: What each stage reads and writes, by catalog name (drives caching, lineage and restores).
+STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {s.name: (s.inputs, s.outputs) for s in PIPELINE}
+#: The configuration fields each recorded stage's result depends on.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {s.name: s.params for s in PIPELINE if s.recorded}
 
 
-#: The configuration fields each stage's result depends on: changing one reruns exactly the stages downstream of it.
-STAGE_PARAMS: dict[str, tuple[str, ...]] = {
-    "ingest": ("data_root", "dataset_kind", "strict"),
-    "debias": ("debias_strategy", "debias_cap", "debias_max_share", "debias_max_drop", "seed"),
-    "split": ("test_fraction", "val_fraction", "unseen_cities", "n_unseen", "seed"),
-    "shard": ("shard_size", "image_width", "image_height", "strict"),
-    "finetune": (
-        "finetune",
-        "finetune_stages",
-        "finetune_epochs",
-        "backbone",
-        "input_height",
-        "flip",
-        "cluster_strategy",
-        "k",
-        "seed",
-        "protocols",
-        "device",
-    ),
-    "extract_features": ("backbone", "backbone_weights", "input_height", "flip", "flat_features", "device"),
-    "cluster": ("cluster_strategy", "k", "seed", "protocols"),
-    "train_classifier": ("cluster_strategy", "classifier", "members", "feature_power", "seed", "protocols"),
-    "train_interpolation": (
-        "cluster_strategy",
-        "classifier",
-        "members",
-        "feature_power",
-        "crossfit_weight_decay",
-        "seed",
-        "snap",
-        "backbone",
-        "protocols",
-    ),
-    "train_baselines": ("seed", "protocols"),
-    "evaluate": ("head_mode", "snap", "seed", "protocols"),
-    "report": ("head_mode", "protocols"),
-}
+def stage(name: str) -> Stage:
+    """The declaration of stage ``name``.
+
+    Raises:
+        ValueError: For a name that is not a stage.
+    """
+    for s in PIPELINE:
+        if s.name == name:
+            return s
+    raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+
+
+def stage_task(name: str) -> Any:
+    """The Prefect task of stage ``name``, imported now (its module imports Prefect and MLflow)."""
+    import importlib
+
+    module, attr = stage(name).task.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 @dataclass
@@ -224,4 +325,16 @@ def resolve_finetune(setting: str, backbone: str, train_photos: int, device: str
     return True, f"auto: {train_photos} training photos{many} on {device}"
 
 
-__all__ = ["FINETUNE_SETTINGS", "STAGES", "STAGE_IO", "STAGE_PARAMS", "PipelineConfig", "finetune_epochs", "resolve_finetune"]
+__all__ = [
+    "FINETUNE_SETTINGS",
+    "PIPELINE",
+    "STAGES",
+    "STAGE_IO",
+    "STAGE_PARAMS",
+    "PipelineConfig",
+    "Stage",
+    "finetune_epochs",
+    "resolve_finetune",
+    "stage",
+    "stage_task",
+]

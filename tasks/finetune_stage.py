@@ -80,7 +80,8 @@ def finetune_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict
         on, why = resolve_finetune(cfg.finetune, cfg.backbone, int(train.sum()), device)
         mlflow.log_params({"finetune": cfg.finetune, "finetune_resolved": "on" if on else "off", "finetune_reason": why})
         if not on:
-            save_finetuned(out, cfg.backbone, 0, {}, {"off": why})
+            # the same bytes however it came to be off, so the stages after it do not rerun for a reason that changed
+            save_finetuned(out, cfg.backbone, 0, {}, {})
             return {"finetuned": False, "reason": why}
         from worldnet.features.backbones import build_backbone
 

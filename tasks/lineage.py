@@ -23,7 +23,7 @@ import mlflow
 from prefect.cache_policies import NO_CACHE
 from upath import UPath
 
-from tasks.config import STAGE_IO, STAGE_PARAMS, PipelineConfig
+from tasks.config import STAGE_IO, STAGE_PARAMS, PipelineConfig, stage_task
 from tasks.records import (
     RECORDS,
     StageRecord,
@@ -42,9 +42,6 @@ from worldnet.data.ingest import InputSummary, input_summary
 from worldnet.head_modes import HEAD_MODES
 from worldnet.io import write_text_atomic
 from worldnet.storage import as_path, local_path, relative_to
-
-#: Each stage's function, whose source is part of its key (filled by :mod:`tasks.stages`).
-STAGE_FUNCTIONS: dict[str, Callable[..., Any]] = {}
 
 
 def _io_paths(cfg: PipelineConfig, names: tuple[str, ...]) -> list[UPath]:
@@ -274,14 +271,13 @@ def input_summary_of(cfg: PipelineConfig) -> InputSummary | None:
 
 
 def _stage_function(stage: str) -> Callable[..., Any]:
-    if not STAGE_FUNCTIONS:
-        import tasks.stages  # noqa: F401 - registers the stage functions
-    return STAGE_FUNCTIONS[stage]
+    """The function of ``stage``'s task, whose source is part of its key (found by the stage's declaration)."""
+    fn: Callable[..., Any] = stage_task(stage).fn
+    return fn
 
 
 __all__ = [
     "LAST_RUN",
-    "STAGE_FUNCTIONS",
     "STAGE_TASK",
     "current_key",
     "input_summary_of",

@@ -52,3 +52,50 @@ def test_the_checker_catches_violations_even_inside_functions(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    import mlflow\n    from flows.cli import app\n    from fastapi import FastAPI\n")
     assert {"mlflow", "flows", "fastapi"} <= _imports(bad)
+
+
+def _module_graph(layers: tuple[str, ...]) -> dict[str, set[str]]:
+    """Each project module of ``layers`` → the project modules it imports (lazily or not)."""
+    mods = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for lay in layers
+        for p in (ROOT / lay).rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                deps.add(node.module)
+                deps.update(f"{node.module}.{a.name}" for a in node.names)
+        graph[mod] = {d for d in deps if d in mods and d != mod}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> list[str] | None:
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                return [*path[path.index(d) :], d] if d in path else [m, d]
+            if d not in state and (found := visit(d, [*path, d])):
+                return found
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m, [m])):
+            return found
+    return None
+
+
+def test_tasks_and_flows_import_without_a_cycle():
+    assert _cycle(_module_graph(("tasks", "flows"))) is None
+
+
+def test_the_cycle_check_finds_one():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

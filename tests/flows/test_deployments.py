@@ -35,6 +35,43 @@ def test_prefect_yaml_declares_nightly_schedule_and_every_stage():
         assert path == "flows/pipeline.py" and hasattr(fp, attr), d["entrypoint"]
 
 
+def test_prefect_yaml_and_the_readme_table_read_as_the_stage_declaration_says():
+    from flows.declared import drifted, stage_table
+
+    assert drifted() == [], "run `python -m flows.declared --write`"
+    assert "| finetune | `worldnet.features.finetune.finetune_tail`" in stage_table()
+
+
+def test_a_changed_declaration_is_drift():
+    from dataclasses import replace
+
+    from flows.declared import deployment_yaml, stage_table
+    from tasks.config import PIPELINE
+
+    renamed = (replace(PIPELINE[0], name="ingest_v2"), *PIPELINE[1:])
+    assert deployment_yaml(renamed) != deployment_yaml() and stage_table(renamed) != stage_table()
+    assert (REPO / "prefect.yaml").read_text().count(deployment_yaml()) == 1
+
+
+def test_every_stage_output_is_a_catalog_entry_its_stage_produces_and_every_input_is_named():
+    from tasks.config import PIPELINE
+    from worldnet.catalog import Catalog
+
+    cat = Catalog.from_yaml(REPO / ".never-written")
+    for s in PIPELINE:
+        for name in s.inputs:
+            cat.entry(name)  # a KeyError names the missing entry
+        for name in s.outputs:
+            assert str(cat.entry(name)["produced_by"]).startswith(s.name), (name, s.name)
+
+
+def test_each_stage_task_is_found_from_its_declaration():
+    from tasks.config import PIPELINE, stage_task
+
+    for s in PIPELINE:
+        assert callable(stage_task(s.name).fn), s.name
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

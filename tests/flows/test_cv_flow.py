@@ -1,0 +1,31 @@
+"""``worldnet cv`` as a flow: the recorded stages of ``run``, shared both ways, then grouped folds."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from flows.cv import cv_flow
+from flows.pipeline import run_pipeline
+from tests.flows.conftest import small_cfg
+
+
+def test_cv_records_its_stages_and_a_run_after_it_extracts_nothing(harness, mlflow_store, world, tmp_path):
+    root = tmp_path / "root"
+    mlflow_store(root)
+    cfg = replace(small_cfg(world, root), head_mode="crossfit")
+    res = cv_flow(cfg, group="city", folds=2)
+    assert res["images"] == cfg.catalog().load("manifest_debiased").height and res["groups"] == 4  # every photo, once
+    assert {"worldNET", "nn classifier", "best constant"} <= set(res["metrics"]["model"].to_list())
+    assert res["stages"]["states"]["extract_features"] == "Completed"
+    again = cv_flow(cfg, group="country", folds=2)  # another grouping: the same features, nothing recomputed
+    assert {again["stages"]["states"][s] for s in ("shard", "extract_features")} == {"Up to date"}
+    out = run_pipeline(replace(cfg, head_mode="auto"))  # run's own defaults: de-biasing on, fine-tuning auto (off here)
+    assert out["states"]["extract_features"] == "Up to date", out["reasons"]
+    assert out["states"]["evaluate"] == "Completed"
+
+
+def test_cv_refuses_a_grouping_it_cannot_keep_whole(harness, world, tmp_path):
+    with pytest.raises(ValueError, match="group must be one of country, city"):
+        cv_flow(small_cfg(world, tmp_path / "root"), group="continent", folds=2)
