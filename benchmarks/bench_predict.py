@@ -147,9 +147,9 @@ def warm_latencies(root: str, photo: str, engine: str, n: int) -> list[float]:
     One path per process: ONNX Runtime's threads spin for a while after each run, which would tax the torch path's
     next one in a shared process (the caller interleaves processes instead).
     """
-    from flows.cli import _load_predictor
+    from flows.cli_answer import load_predictor
 
-    predictor = _load_predictor("models:/worldnet@champion", Path(root), engine)[0]
+    predictor = load_predictor("models:/worldnet@champion", Path(root), engine)[0]
     for _ in range(3):
         predictor.predict_paths([photo])
     out = []

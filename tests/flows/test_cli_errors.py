@@ -275,10 +275,10 @@ def test_a_damaged_mlflow_store_is_one_line_that_says_move_it_aside_and_it_is_le
         assert time.perf_counter() - t < 5, name  # answered before Prefect or MLflow start
         assert store.read_bytes() == data, name  # never modified
     # where MLflow is pointed at the store (predict, serve, every pipeline run), before it opens it
-    from flows.cli import _user_errors
+    from flows.cli_errors import user_errors
     from tasks.tracking import configure_mlflow
 
-    assert DamagedStoreError in _user_errors() and issubclass(DamagedStoreError, ValueError)
+    assert DamagedStoreError in user_errors() and issubclass(DamagedStoreError, ValueError)
     root = tmp_path / "header-zeroed"
     try:
         configure_mlflow(root)
@@ -292,7 +292,7 @@ def test_a_full_disk_or_missing_s3_credentials_is_one_line():
     import errno
     from pathlib import Path
 
-    from flows.cli import _environment_error
+    from flows.cli_errors import environment_error
 
     class OperationalError(Exception):  # as sqlalchemy.exc names it; matched by name, so nothing is imported
         pass
@@ -305,9 +305,9 @@ def test_a_full_disk_or_missing_s3_credentials_is_one_line():
 
     store = Path("/data/wn/mlflow.db")
     full = OSError(errno.ENOSPC, "No space left on device", "/data/wn/03_features/shard-00001.npy")
-    line, code = _environment_error(full, "/data/wn", store) or ("", 0)
+    line, code = environment_error(full, "/data/wn", store) or ("", 0)
     assert code == 1 and line.startswith("no space left on the disk holding /data/wn/03_features/shard-00001.npy: free some")
-    line, code = _environment_error(OSError(errno.ENOSPC, "No space left on device"), "/data/wn", store) or ("", 0)
+    line, code = environment_error(OSError(errno.ENOSPC, "No space left on device"), "/data/wn", store) or ("", 0)
     assert code == 1 and "the disk holding /data/wn:" in line
     try:  # SQLite's full disk, wrapped by MLflow as it does
         try:
@@ -315,13 +315,13 @@ def test_a_full_disk_or_missing_s3_credentials_is_one_line():
         except OperationalError as inner:
             raise MlflowException("failed to log metric") from inner
     except MlflowException as exc:
-        line, code = _environment_error(exc, "/data/wn", store) or ("", 0)
+        line, code = environment_error(exc, "/data/wn", store) or ("", 0)
     assert code == 1 and line.startswith("no space left on the disk holding the MLflow store /data/wn/mlflow.db")
-    line, code = _environment_error(NoCredentialsError("Unable to locate credentials"), "s3://bucket/wn", store) or ("", 0)
+    line, code = environment_error(NoCredentialsError("Unable to locate credentials"), "s3://bucket/wn", store) or ("", 0)
     assert code == 2
     assert line == "no credentials for s3://bucket/wn: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile (AWS_PROFILE)"
-    assert _environment_error(RuntimeError("a bug"), "/data/wn", store) is None
-    assert _environment_error(OSError(errno.EIO, "I/O error"), "/data/wn", store) is None
+    assert environment_error(RuntimeError("a bug"), "/data/wn", store) is None
+    assert environment_error(OSError(errno.EIO, "I/O error"), "/data/wn", store) is None
 
 
 def _fake_pipeline(monkeypatch, raises: BaseException | None = None) -> dict:
