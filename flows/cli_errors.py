@@ -93,8 +93,46 @@ def quiet_prefect_user_errors() -> None:
         handler.addFilter(HideUserErrorTracebacks())
 
 
+#: Parameters whose flag is not their own name with dashes (the library's de-bias parameters, renamed config fields).
+FLAG_OF_PARAMETER = {
+    "cluster_strategy": "--cluster",
+    "backbone_weights": "--weights",
+    "debias_strategy": "--debias",
+    "unseen_cities": "--unseen",
+    "strategy": "--debias",
+    "cap": "--debias-cap",
+    "max_share": "--debias-max-share",
+    "max_drop": "--debias-max-drop",
+    "from_stage": "--from",
+}
+
+
+def flagged(message: str) -> str:
+    """A library error as the CLI says it: each ``parameter=value`` of a known parameter reads ``--flag value``.
+
+    The library names its Python parameters (``input_height=5``); a user of the CLI set a flag (``--input-height 5``).
+    """
+    import re
+    from dataclasses import fields
+
+    from tasks.config import PipelineConfig
+
+    known = {f.name for f in fields(PipelineConfig)} | set(FLAG_OF_PARAMETER) | {"weights", "only"}
+
+    def to_flag(m: re.Match[str]) -> str:
+        name, value = m.group(1), m.group(2)
+        if name not in known:
+            return m.group(0)
+        flag = FLAG_OF_PARAMETER.get(name, "--" + name.replace("_", "-"))
+        if name == "strict" and value == "True":
+            return flag
+        return f"{flag} {value.strip(chr(39))}".rstrip()
+
+    return re.sub(r"(?<![\w-])([a-z][a-z0-9_]*)=('[^'\s]*'|[^\s,;)]*[^\s,;):]|)", to_flag, message)
+
+
 def fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {flagged(message)}", err=True)
     return typer.Exit(2)
 
 

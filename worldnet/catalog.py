@@ -94,7 +94,7 @@ class Catalog:
             stage = self.entry(name).get("produced_by", "?")
             raise MissingArtifactError(
                 f"artifact {name!r} is missing at {self.path(name, **kw)}: run the {stage!r} stage first "
-                f"(`worldnet run --only {stage}` or `worldnet run --from {stage}`)"
+                f"(run it alone with only={stage}, or from it with from_stage={stage})"
             )
         return self.path(name, **kw)
 

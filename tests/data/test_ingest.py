@@ -176,7 +176,7 @@ def test_killed_shard_stage_resumes_to_identical_output(tmp_path):
 
 
 def test_missing_dataset_error_says_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="--data-root"):
+    with pytest.raises(FileNotFoundError, match="data_root="):
         ingest("gsv_cities", tmp_path)
 
 

@@ -36,7 +36,7 @@ def test_engines_resolve_by_device_and_refuse_what_cannot_run():
     assert resolve_engine("torch", "cpu") == "torch"
     with pytest.raises(ValueError, match="runs on the CPU"):
         resolve_engine("onnx", "cuda")
-    with pytest.raises(ValueError, match="--engine 'tensorrt' is unknown"):
+    with pytest.raises(ValueError, match="engine='tensorrt' is unknown"):
         resolve_engine("tensorrt", "cpu")
 
 

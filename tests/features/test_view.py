@@ -52,7 +52,7 @@ def _shard(photos: list[np.ndarray], folder: Path) -> list[Path]:
 def test_a_view_sets_the_input_height_and_refuses_impossible_ones():
     assert build_backbone("tiny_random", frame=FRAME, view=View(64)).spec.input_size == (64, 128)
     assert build_backbone("efficientnet_lite0_random", frame=(600, 300)).spec.input_size == (300, 600)
-    with pytest.raises(ValueError, match="--input-height"):
+    with pytest.raises(ValueError, match="input_height="):
         View(8)
 
 
@@ -63,7 +63,7 @@ def test_the_mirror_is_averaged_in_only_where_every_photo_drives_on_one_side():
     assert one_driving_side(*us_west) and one_driving_side(*left) and not one_driving_side(*mixed)
     assert resolve_flip("auto", lambda: one_driving_side(*us_west)) and not resolve_flip("auto", lambda: one_driving_side(*mixed))
     assert resolve_flip("on", lambda: False) and not resolve_flip("off", lambda: True)
-    with pytest.raises(ValueError, match="--flip 'yes' is unknown"):
+    with pytest.raises(ValueError, match="flip='yes' is unknown"):
         resolve_flip("yes", lambda: True)
 
 

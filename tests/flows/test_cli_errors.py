@@ -37,7 +37,7 @@ def test_bad_debias_options_are_refused_before_anything_starts(tmp_path):
     t = time.perf_counter()
     res = CliRunner().invoke(app, ["run", "--data-root", str(tmp_path), "--debias", "balance"])
     assert res.exit_code == 2
-    assert "unknown de-bias strategy 'balance'" in res.output and "Traceback" not in res.output
+    assert "--debias balance is no de-bias strategy" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["run", "--data-root", str(tmp_path / "absent")])
     assert res.exit_code == 2 and "does not exist" in res.output
     res = CliRunner().invoke(app, ["run", "--data-root", str(tmp_path), "--head-mode", "best"])
@@ -60,8 +60,8 @@ def test_mistakes_in_options_are_answered_before_anything_starts(tmp_path):
         (["--weights", str(a_file)], "drop --weights"),
         (["--backbone", "vgg19", "--weights", str(tmp_path / "none.pth")], "is not a file"),
         (["--root", str(a_file)], "is a file"),
-        (["--input-height", "8"], "--input-height must be between 16 and 2048"),
-        (["--flip", "sideways"], "--flip 'sideways' is unknown"),
+        (["--input-height", "8"], "--input-height 8: choose from 16 to 2048 pixels"),
+        (["--flip", "sideways"], "--flip sideways is unknown"),
         (["--members", "0"], "--members 0: the ensemble needs at least one MLP"),
         (["--feature-power", "0"], "--feature-power 0.0: choose a power in (0, 1]"),
     ]
@@ -110,7 +110,7 @@ def test_serve_refuses_a_bad_model_or_port_in_one_line(tmp_path):
         (["--model", str(tmp_path / "absent.pt")], "not found"),
         (["--model", str(garbage)], "is not a worldnet model file"),
         (["--model", str(garbage), "--port", "70000"], "is not a port"),
-        (["--model", str(garbage), "--engine", "tensorrt"], "--engine 'tensorrt' is unknown"),
+        (["--model", str(garbage), "--engine", "tensorrt"], "--engine tensorrt is unknown"),
     ]
     for extra, message in cases:
         res = CliRunner().invoke(app, ["serve", "--root", str(tmp_path / "root"), *extra])
@@ -379,3 +379,20 @@ def test_only_a_stage_reuses_the_data_root_its_ingest_record_names(tmp_path, mon
     other = tmp_path / "other"
     res = CliRunner().invoke(app, ["run", "--root", str(root), "--backbone", "tiny_random", "--only", "ingest", "--data-root", str(other)])
     assert res.exit_code == 0 and seen["cfg"].data_root == str(other), res.output
+
+
+def test_library_errors_name_parameters_and_the_cli_names_the_flag():
+    import pytest
+
+    from flows.cli_errors import flagged
+    from worldnet.data.debias import check_debias_options
+    from worldnet.features.names import View
+
+    with pytest.raises(ValueError) as err:
+        View(8, False)
+    assert str(err.value).startswith("input_height=8") and flagged(str(err.value)).startswith("--input-height 8")
+    with pytest.raises(ValueError) as err:
+        check_debias_options("none", max_drop=2.0)
+    assert "max_drop=2" in str(err.value) and flagged(str(err.value)).startswith("--debias-max-drop 2")
+    assert flagged("strict=True: 3 rows rejected; run without strict=True") == "--strict: 3 rows rejected; run without --strict"
+    assert flagged("url?x=1 and other=2") == "url?x=1 and other=2"  # only the parameters a flag sets

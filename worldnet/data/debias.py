@@ -162,8 +162,8 @@ def debias(
     if manifest.height and summary.dropped > max_drop * manifest.height:
         raise DebiasError(
             f"de-bias {strategy} would drop {summary.dropped:,} of {manifest.height:,} photos ({summary.dropped / manifest.height:.0%}), "
-            f"more than --debias-max-drop {max_drop:g}; choose another strategy (--debias none, or cap_per_city with a larger "
-            f"--debias-cap) or allow it with --debias-max-drop 1"
+            f"more than max_drop={max_drop:g}; choose another strategy (strategy='none', or strategy='cap_per_city' with a "
+            f"larger cap=) or allow it with max_drop=1"
         )
     return out, summary
 
@@ -175,13 +175,13 @@ def check_debias_options(strategy: str, *, cap: int = 100, max_share: float = 0.
         ValueError: Naming the option and its allowed range.
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown de-bias strategy {strategy!r}; choose one of {', '.join(STRATEGIES)} (--debias)")
+        raise ValueError(f"strategy={strategy!r} is no de-bias strategy; choose one of {', '.join(STRATEGIES)}")
     if cap < 1:
-        raise ValueError(f"--debias-cap must be at least 1, got {cap}")
+        raise ValueError(f"cap={cap}: keep at least 1 photo per city")
     if not 0 < max_share <= 1:
-        raise ValueError(f"--debias-max-share must be in (0, 1], got {max_share:g}")
+        raise ValueError(f"max_share={max_share:g}: choose a share in (0, 1]")
     if not 0 <= max_drop <= 1:
-        raise ValueError(f"--debias-max-drop must be in [0, 1], got {max_drop:g}")
+        raise ValueError(f"max_drop={max_drop:g}: choose a share in [0, 1]")
 
 
 def _continent_quota(manifest: pl.DataFrame, max_share: float) -> dict[str, int]:

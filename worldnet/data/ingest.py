@@ -72,7 +72,7 @@ def read_gsv_cities(root: str | os.PathLike[str]) -> tuple[pl.DataFrame, pl.Data
     root = Path(root).resolve()
     csvs = sorted((root / "Dataframes").glob("*.csv"))
     if not csvs:
-        raise DatasetNotFoundError(f"no Dataframes/*.csv under {root}: pass --data-root pointing at a GSV-Cities folder")
+        raise DatasetNotFoundError(f"no Dataframes/*.csv under {root}: give data_root=FOLDER of a GSV-Cities dataset")
     rows: list[dict[str, object]] = []
     rejects: list[dict[str, object]] = []
     for csv_path in csvs:
@@ -199,7 +199,7 @@ def read_gsv_metadata(path: str | os.PathLike[str]) -> tuple[pl.DataFrame, pl.Da
             raise DatasetNotFoundError(f"no .parquet or .csv metadata under {path}")
         path = files[0]
     if not path.is_file():
-        raise DatasetNotFoundError(f"metadata table {path} does not exist: pass --data-root")
+        raise DatasetNotFoundError(f"metadata table {path} does not exist: give data_root=PATH of an existing table")
     df = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path)
     city_col = "city" if "city" in df.columns else "city_id"
     heading = pl.col("northdeg").cast(pl.Int32) if "northdeg" in df.columns else pl.lit(None, dtype=pl.Int32)
@@ -743,8 +743,8 @@ def enforce_strict(rejects: pl.DataFrame) -> None:
         lines = [f"{n} × {r}" for r, n in reject_counts(rejects).items()]
         first = rejects.head(5).select("source", "row", "reason", "detail").rows()
         raise StrictModeError(
-            f"--strict: {rejects.height} rows rejected ({', '.join(lines)}); first: {first}. "
-            "Fix the input or drop --strict to continue with the good rows."
+            f"strict=True: {rejects.height} rows rejected ({', '.join(lines)}); first: {first}. "
+            "Fix the input, or run without strict=True to continue with the good rows."
         )
 
 

@@ -257,7 +257,9 @@ def contact_sheet(root: Path, out_png: Path, per_city: int = 6, thumb: tuple[int
     """A PNG with one row per city of its first photos, so a person can see the world."""
     cities = sorted(p.name for p in (Path(root) / "Images").iterdir() if p.is_dir())
     if not cities:
-        raise FileNotFoundError(f"no Images/ cities under {root}: run `worldnet synth --out {root}` first")
+        raise FileNotFoundError(
+            f"no Images/ cities under {root}: generate the world there first (generate(SynthConfig(out=...)), or `worldnet synth`)"
+        )
     label_w = 110
     sheet = Image.new("RGB", (label_w + per_city * thumb[0], len(cities) * thumb[1]), "white")
     d = ImageDraw.Draw(sheet)

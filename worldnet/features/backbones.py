@@ -129,7 +129,7 @@ def vgg19_weights_path(weights: str | os.PathLike[str] | None) -> Path:
         return hub
     raise WeightsNotFoundError(
         f"VGG19 needs torchvision's ImageNet weights '{VGG19_FILE}' and worldnet never downloads. "
-        f"Put the file at {hub} or pass it with --weights /path/to/{VGG19_FILE}"
+        f"Put the file at {hub} or pass it as weights=/path/to/{VGG19_FILE}"
     )
 
 
@@ -143,7 +143,7 @@ def _vgg19(weights: str | os.PathLike[str] | None) -> Backbone:
     except Exception as exc:  # noqa: BLE001 - a garbage or foreign file raises many types; all mean the same
         raise BadWeightsError(
             f"{path} is not torchvision's VGG19 weights ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
-            f"pass the {VGG19_FILE} file with --weights"
+            f"pass the {VGG19_FILE} file as weights=/path/to/{VGG19_FILE}"
         ) from None
     spec = BackboneSpec("vgg19", (300, 400), IMAGENET_MEAN, IMAGENET_STD, 512, True)
     return Backbone(spec, model.features, 512)

@@ -66,7 +66,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
+        raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu' or 'auto'")
     return torch.device(device)
 
 
@@ -292,7 +292,7 @@ def _embedder(backbone: Backbone | OnnxBackbone, dev: torch.device, flat: bool) 
     """uint8 NHWC batch → features on ``backbone``'s engine (ONNX graphs normalise inside; torch gets a normalised batch)."""
     if isinstance(backbone, OnnxBackbone):
         if flat or dev.type != "cpu":
-            raise ValueError("the onnx engine gives pooled features on the CPU; use --engine torch for flat features or CUDA")
+            raise ValueError("the onnx engine gives pooled features on the CPU; use engine='torch' for flat features or CUDA")
         return lambda images: backbone(images.numpy())
     model = backbone.to(dev).eval().to(memory_format=torch.channels_last)
     return lambda images: model(normalise_batch(images.to(dev, non_blocking=True), model.spec), flat=flat).float().cpu().numpy()

@@ -27,11 +27,11 @@ def resolve_engine(engine: str, device: str) -> str:
         ValueError: For an unknown engine, or ``onnx`` asked for on CUDA.
     """
     if engine not in ENGINES:
-        raise ValueError(f"--engine {engine!r} is unknown; choose one of {', '.join(ENGINES)}")
+        raise ValueError(f"engine={engine!r} is unknown; choose one of {', '.join(ENGINES)}")
     if engine == "auto":
         return "torch" if device == "cuda" else "onnx"
     if engine == "onnx" and device == "cuda":
-        raise ValueError("--engine onnx runs on the CPU; on CUDA use --engine torch (or auto)")
+        raise ValueError("engine='onnx' runs on the CPU; on CUDA use engine='torch' (or 'auto')")
     return engine
 
 
@@ -56,7 +56,7 @@ class View:
 
     def __post_init__(self) -> None:
         if self.height is not None and not 16 <= self.height <= 2048:
-            raise ValueError(f"--input-height must be between 16 and 2048 pixels, got {self.height}")
+            raise ValueError(f"input_height={self.height}: choose from 16 to 2048 pixels")
 
     def as_dict(self) -> dict[str, int | bool | None]:
         return {"height": self.height, "flip": self.flip}
@@ -75,7 +75,7 @@ def resolve_flip(setting: str, one_driving_side: Callable[[], bool]) -> bool:
         ValueError: For a setting that is not one of :data:`FLIP_SETTINGS`.
     """
     if setting not in FLIP_SETTINGS:
-        raise ValueError(f"--flip {setting!r} is unknown; choose one of {', '.join(FLIP_SETTINGS)}")
+        raise ValueError(f"flip={setting!r} is unknown; choose one of {', '.join(FLIP_SETTINGS)}")
     return setting == "on" or (setting == "auto" and one_driving_side())
 
 
