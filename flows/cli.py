@@ -44,6 +44,7 @@ from flows.cli_options import (
 from flows.env import apply_local_defaults
 from flows.guard import start_guard
 from tasks.config import STAGES, PipelineConfig
+from worldnet import defaults
 
 apply_local_defaults()  # before anything imports Prefect or MLflow
 
@@ -57,7 +58,7 @@ app = typer.Typer(
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option(help="Folder to write Dataframes/ and Images/ into.")] = Path(".worldnet/data/synthetic"),
+    out: Annotated[Path, typer.Option(help="Folder to write Dataframes/ and Images/ into.")] = Path(defaults.SYNTHETIC_DATA),
     cities: Annotated[
         list[str] | None, typer.Option("--cities", help="City names (repeat the option); default: the 23 GSV-Cities.")
     ] = None,
@@ -208,7 +209,7 @@ def run(
     --task-runner dask.
     """
     options = dict(locals())
-    options["data_root"] = data_root or [Path(_D.data_root if isinstance(_D.data_root, str) else _D.data_root[0])]
+    options["data_root"] = data_root or [Path(defaults.SYNTHETIC_DATA)]
     try:
         cfg = pipeline_config(options)
         forced = only is not None or from_stage is not None

@@ -17,6 +17,7 @@ from flows.cli_checks import check_engine
 from flows.cli_errors import fail, fail_environment, quiet_prefect_user_errors, store_file, user_error, user_errors
 from flows.cli_options import EngineOption
 from flows.guard import start_guard
+from worldnet import defaults
 
 
 def predict(
@@ -24,7 +25,7 @@ def predict(
     model: Annotated[
         str, typer.Option(help="A registry URI (models:/worldnet@champion) or a worldnet.pt file.")
     ] = "models:/worldnet@champion",
-    root: Annotated[Path, typer.Option(help="Catalog root holding the MLflow store.")] = Path(".worldnet"),
+    root: Annotated[Path, typer.Option(help="Catalog root holding the MLflow store.")] = Path(defaults.ROOT),
     top_k: Annotated[int, typer.Option(help="How many clusters to list.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
     engine: EngineOption = "auto",
@@ -115,7 +116,7 @@ def serve(
     model: Annotated[
         str, typer.Option(help="What to serve: models:/worldnet@champion (default), models:/worldnet/3, or a worldnet .pt file.")
     ] = "models:/worldnet@champion",
-    root: Annotated[Path, typer.Option(help="Catalog root holding the MLflow store (and the ONNX graph cache).")] = Path(".worldnet"),
+    root: Annotated[Path, typer.Option(help="Catalog root holding the MLflow store (and the ONNX graph cache).")] = Path(defaults.ROOT),
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for other hosts.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="Largest photo accepted, MB.")] = 20.0,
@@ -191,7 +192,9 @@ def predict_batch_cmd(
         Path, typer.Argument(help="Folder of photos (searched recursively: .jpg .jpeg .png .webp .avif .gif .bmp .tif; others are listed).")
     ],
     model: Annotated[str, typer.Option(help="A registry URI or a worldnet .pt file (path or fsspec URL).")] = "models:/worldnet@champion",
-    root: Annotated[str, typer.Option(help="Catalog root (folder or fsspec URL the workers share); holds the MLflow store.")] = ".worldnet",
+    root: Annotated[
+        str, typer.Option(help="Catalog root (folder or fsspec URL the workers share); holds the MLflow store.")
+    ] = defaults.ROOT,
     name: Annotated[
         str | None,
         typer.Option(

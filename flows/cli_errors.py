@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from worldnet import defaults
+
 
 #: Errors that mean "the input or an option is wrong": one line, exit 2, no traceback (``--debug`` shows it).
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -30,7 +32,7 @@ def store_file(root: str) -> Path | None:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return sqlite_path(uri)
-    return (local_path(root) if is_local(root) else Path(".worldnet")) / "mlflow.db"
+    return (local_path(root) if is_local(root) else Path(defaults.ROOT)) / "mlflow.db"
 
 
 def environment_error(exc: BaseException, root: str, store: Path | None = None) -> tuple[str, int] | None:

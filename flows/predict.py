@@ -27,6 +27,7 @@ from upath import UPath
 from tasks.per_shard import map_with_progress, predict_one_task, require_shared_store, write_shards_mapped
 from tasks.records import RootBusyError
 from tasks.tracking import registry_model_file, tracking_root
+from worldnet import defaults
 from worldnet.catalog import Catalog
 from worldnet.data.ingest import reject_counts
 from worldnet.data.shards import ShardSpec
@@ -76,7 +77,7 @@ def predict_batch(
     photos: str,
     batch: str,
     model: str = "models:/worldnet@champion",
-    root: str = ".worldnet",
+    root: str = defaults.ROOT,
     shard_size: int = 256,
     progress: bool = True,
     engine: str = "auto",

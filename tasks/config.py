@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from worldnet import defaults
+
 if TYPE_CHECKING:
     from worldnet.catalog import Catalog
     from worldnet.features.names import View
@@ -198,8 +200,8 @@ class PipelineConfig:
     """Every knob of a pipeline run (all JSON-serialisable, logged to MLflow as params)."""
 
     #: The input dataset, or several read together (each with its own layout; see :func:`worldnet.data.ingest.ingest_many`).
-    data_root: str | list[str] = ".worldnet/data/synthetic"
-    root: str = ".worldnet"
+    data_root: str | list[str] = defaults.SYNTHETIC_DATA
+    root: str = defaults.ROOT
     dataset_kind: str = "auto"
     strict: bool = False
     debias_strategy: str = "balance_continents"

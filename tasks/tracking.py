@@ -13,6 +13,7 @@ import mlflow
 from upath import UPath
 
 from tasks.store_check import check_sqlite_store, sqlite_path
+from worldnet import defaults
 from worldnet.storage import as_path, is_local, local_path, relative_to
 
 EXPERIMENT = "worldnet"
@@ -36,7 +37,7 @@ def tracking_root(catalog_root: str) -> Path:
     (A team sharing an object store shares an MLflow server too: set
     ``MLFLOW_TRACKING_URI`` and this folder is not used.)
     """
-    return local_path(catalog_root) if is_local(catalog_root) else Path(".worldnet")
+    return local_path(catalog_root) if is_local(catalog_root) else Path(defaults.ROOT)
 
 
 def configure_mlflow(root: Path) -> str:

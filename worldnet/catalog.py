@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from upath import UPath
 
+from worldnet import defaults
 from worldnet.io import write_with_atomic
 from worldnet.storage import as_path, is_local, read_parquet
 
@@ -34,7 +35,7 @@ def _default_catalog() -> Path:
 
 
 DEFAULT_CATALOG = _default_catalog()
-DEFAULT_ROOT = Path(".worldnet")
+DEFAULT_ROOT = Path(defaults.ROOT)
 
 
 @lru_cache(maxsize=8)

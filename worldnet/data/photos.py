@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from worldnet import defaults
+
 #: First bytes of each format Pillow decodes here (WebP and AVIF need a longer look, below).
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "jpeg"),
@@ -123,7 +125,7 @@ CATALOG_MARKERS = ("root_id.json", "_records", "producers.json", "mlflow.db")
 CATALOG_LAYERS = ("01_raw", "02_intermediate", "03_features", "04_models", "05_reporting", "06_predict")
 
 #: The default catalog root's name (``--root``): never a folder of the user's photos.
-CATALOG_DEFAULT_NAME = ".worldnet"
+CATALOG_DEFAULT_NAME = defaults.ROOT
 
 
 def is_catalog_root(folder: Path) -> bool:
