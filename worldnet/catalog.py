@@ -10,6 +10,7 @@ local folder or an fsspec URL (``s3://bucket/worldnet``); paths come back as
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -36,6 +37,22 @@ def _default_catalog() -> Path:
 
 DEFAULT_CATALOG = _default_catalog()
 DEFAULT_ROOT = Path(defaults.ROOT)
+
+
+def _manifest_schema() -> dict[str, Any]:
+    from worldnet.data.schema import MANIFEST_SCHEMA
+
+    return MANIFEST_SCHEMA
+
+
+def _rejects_schema() -> dict[str, Any]:
+    from worldnet.data.schema import REJECTS_SCHEMA
+
+    return REJECTS_SCHEMA
+
+
+#: The table schemas a catalog entry's ``schema:`` may name; :meth:`Catalog.save` checks a table's columns against them.
+TABLE_SCHEMAS: dict[str, Callable[[], dict[str, Any]]] = {"manifest": _manifest_schema, "rejects": _rejects_schema}
 
 
 @lru_cache(maxsize=8)
@@ -99,12 +116,25 @@ class Catalog:
             )
         return self.path(name, **kw)
 
+    def _table(self, name: str) -> dict[str, Any]:
+        entry = self.entry(name)
+        if entry.get("format") != "parquet":
+            raise ValueError(
+                f"catalog entry {name!r} is stored as {entry.get('format')!r}, not a parquet table: "
+                f"load() and save() handle tables; read and write it through path({name!r})"
+            )
+        return entry
+
     def load(self, name: str, **kw: str) -> pl.DataFrame:
-        """Load a Parquet artifact."""
+        """Load a table artifact (an entry of ``format: parquet``)."""
+        self._table(name)
         return read_parquet(self.require(name, **kw))
 
     def save(self, name: str, df: pl.DataFrame, **kw: str) -> UPath:
-        """Save a Parquet artifact atomically."""
+        """Save a table artifact atomically, checked against the table schema its entry names (``schema:``)."""
+        schema = TABLE_SCHEMAS.get(str(self._table(name).get("schema")))
+        if schema is not None and (missing := [c for c in schema() if c not in df.columns]):
+            raise ValueError(f"a {name!r} table needs the columns of its schema; missing {missing}")
         p = self.path(name, **kw)
         write_with_atomic(p, lambda tmp: df.write_parquet(tmp))
         return p
