@@ -10,8 +10,8 @@ local folder or an fsspec URL (``s3://bucket/worldnet``); paths come back as
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
