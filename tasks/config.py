@@ -237,12 +237,12 @@ class PipelineConfig:
     k: int = 0
     head_mode: str = "auto"
     #: mlp (the paper's, default) or linear (PCA whitening + softmax regression; fastest at hundreds of thousands of photos).
-    classifier: str = "mlp"  # TrainConfig.classifier (a test keeps the two equal)
-    crossfit_weight_decay: float = 100.0  # TrainConfig.crossfit_weight_decay (likewise)
+    classifier: str = defaults.CLASSIFIER
+    crossfit_weight_decay: float = defaults.CROSSFIT_WEIGHT_DECAY
     #: MLPs in the classifier's ensemble, as many as the sample budget pays for (TrainConfig.members; 1: the paper's one MLP).
-    members: int = 5
+    members: int = defaults.MEMBERS
     #: Signed power on the classifier's features before standardising (TrainConfig.feature_power; 1: as extracted).
-    feature_power: float = 0.5
+    feature_power: float = defaults.FEATURE_POWER
     snap: bool = True
     seed: int = 0
     protocols: list[str] = field(default_factory=lambda: ["seen", "unseen"])

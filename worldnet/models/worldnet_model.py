@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from worldnet import defaults
 from worldnet.features.names import View
 from worldnet.geo.sphere import EARTH_RADIUS_KM, haversine_km_torch, latlon_to_xyz
 from worldnet.head_modes import HEAD_MODES
@@ -55,9 +56,9 @@ class TrainConfig:
     """Hyper-parameters shared by the worldNET parts (defaults suit ~2k images on CPU)."""
 
     #: ``mlp`` (the paper's, on haversine-smoothed targets) or ``linear`` (PCA whitening + softmax regression, L-BFGS).
-    classifier: str = "mlp"
+    classifier: str = defaults.CLASSIFIER
     #: Signed power applied to each feature before standardising (``sign(x)·|x|^p``; 1 = as extracted). See :func:`signed_power`.
-    feature_power: float = 0.5
+    feature_power: float = defaults.FEATURE_POWER
     #: linear: principal components kept, L2 strength, and the haversine smoothing of targets (km; 0 = one-hot).
     pca_dim: int = 128
     l2: float = 1e-2
@@ -79,14 +80,14 @@ class TrainConfig:
     mlp_soft_targets: bool = True
     #: mlp: independently initialised members, each trained apart, their probabilities averaged; as many as
     #: ``max_samples`` pays for at ``max_epochs`` (all of them on a few thousand photos, one from ~33k rows on).
-    members: int = 5
+    members: int = defaults.MEMBERS
     head_hidden: int = 128
     head_lr: float = 3e-3
     head_epochs: int = 150
     #: AdamW weight decay on the head MLP's weight matrices, per head mode
     #: (in_sample: the paper, unregularised; crossfit: see the module docs).
     head_weight_decay: float = 0.0
-    crossfit_weight_decay: float = 100.0
+    crossfit_weight_decay: float = defaults.CROSSFIT_WEIGHT_DECAY
     crossfit_folds: int = 5
     #: crossfit on seen places: also fit the head on folds that hold out whole groups, so that it learns how far to
     #: trust the classifier on photos of a country or city it never saw (twice the fold classifiers).
