@@ -30,6 +30,15 @@ from worldnet.features.specs import input_size_for as input_size_for
 from worldnet.features.specs import saved_view as saved_view
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """The device ``device`` names: ``auto`` → CUDA when available, else CPU (the one place ``auto`` is settled)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu' or 'auto'")
+    return torch.device(device)
+
+
 class BadWeightsError(ValueError):
     """A weights file exists but does not hold this backbone's weights (a user error: never retried)."""
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from upath import UPath
 
-from worldnet.features.backbones import Backbone, BackboneSpec, build_backbone
+from worldnet.features.backbones import Backbone, BackboneSpec, build_backbone, resolve_device
 from worldnet.features.names import ENGINES, View, resolve_engine
 from worldnet.features.onnx_graph import FIXED_BATCH, OPSET, OnnxBackbone, onnx_name, onnx_session, weights_fingerprint
 from worldnet.features.preprocess import normalise_batch
@@ -151,7 +151,7 @@ def build_engine(
     and an export that fails its check (a warning says so).
     """
     backbone = build_backbone(name, weights, frame, view)
-    dev = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    dev = resolve_device(device).type
     if resolve_engine(engine, dev) == "torch" or flat:
         return backbone
     try:

@@ -34,7 +34,7 @@ from upath import UPath
 
 from worldnet.data.dataset import ShardBatch, ShardBatchDataset
 from worldnet.data.shards import shard_paths
-from worldnet.features.backbones import Backbone, BackboneSpec, saved_view
+from worldnet.features.backbones import Backbone, BackboneSpec, resolve_device, saved_view
 from worldnet.features.engine import OnnxBackbone
 from worldnet.features.names import View
 from worldnet.features.preprocess import decode_for, normalise_batch
@@ -59,15 +59,6 @@ class ExtractResult:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu' or 'auto'")
-    return torch.device(device)
 
 
 def _feature_pair(out_dir: UPath, shard: UPath) -> tuple[UPath, UPath]:
