@@ -43,7 +43,7 @@ from flows.cli_options import (
 )
 from flows.env import apply_local_defaults
 from flows.guard import start_guard
-from tasks.config import STAGES, PipelineConfig
+from tasks.config import STAGES, PipelineConfig, check_cv
 from worldnet import defaults
 
 apply_local_defaults()  # before anything imports Prefect or MLflow
@@ -304,11 +304,10 @@ def cv(
     datasets too small for one split. Shards and features are the recorded stages of `worldnet run` on the same root
     (either reuses the other's). With fine-tuning, each fold fine-tunes its own backbone on its training photos only.
     """
-    if group not in ("country", "city"):
-        raise typer.BadParameter("--group must be country or city")
     try:
         cfg = pipeline_config(dict(locals()))
-        check_options(cfg, protocol="unseen", folds=folds, data_roots=data_root)
+        check_cv(group, folds)
+        check_options(cfg, protocol="unseen", data_roots=data_root)
     except ValueError as exc:
         raise fail(str(exc)) from None
     from flows.cv import cv_flow

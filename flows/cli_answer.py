@@ -13,10 +13,10 @@ if TYPE_CHECKING:
 
     from worldnet.models.predictor import Predictor
 
-from flows.cli_checks import check_engine
 from flows.cli_errors import fail, fail_environment, quiet_prefect_user_errors, store_file, user_error, user_errors
 from flows.cli_options import EngineOption
 from flows.guard import start_guard
+from tasks.config import check_engine
 from worldnet import defaults
 
 

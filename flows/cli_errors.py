@@ -119,7 +119,7 @@ def flagged(message: str) -> str:
 
     from tasks.config import PipelineConfig
 
-    known = {f.name for f in fields(PipelineConfig)} | set(FLAG_OF_PARAMETER) | {"weights", "only"}
+    known = {f.name for f in fields(PipelineConfig)} | set(FLAG_OF_PARAMETER) | {"weights", "only", "folds", "group"}
 
     def to_flag(m: re.Match[str]) -> str:
         name, value = m.group(1), m.group(2)

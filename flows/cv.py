@@ -14,8 +14,8 @@ from typing import Any
 from prefect import flow
 
 from flows.pipeline import pipeline
-from tasks.config import PipelineConfig
-from tasks.cv_stage import check_cv, cross_validate_task
+from tasks.config import PipelineConfig, check_cv
+from tasks.cv_stage import cross_validate_task
 
 #: The pipeline stages cross-validation reads from.
 CV_STAGES = ["ingest", "debias", "split", "shard", "finetune", "extract_features"]

@@ -249,6 +249,28 @@ class PipelineConfig:
     progress: bool = True
     mlflow_artifact_limit_mb: float = 256.0
 
+    def check(self, *, protocol: str = "seen", only: str | None = None, from_stage: str | None = None, data: bool = True) -> None:
+        """Every check of this configuration, in one place, before anything heavy starts (none imports torch,
+        Prefect or MLflow). ``data``: also check the data roots (not when a stage reruns on recorded data).
+
+        Raises:
+            ValueError: Naming the parameter to change (``name=value``), for the first that is wrong.
+        """
+        from worldnet.data.debias import check_debias_options
+        from worldnet.head_modes import resolve_head_mode
+
+        check_debias_options(self.debias_strategy, cap=self.debias_cap, max_share=self.debias_max_share, max_drop=self.debias_max_drop)
+        resolve_head_mode(self.head_mode, protocol)
+        preflight(self.root, self.backbone, self.backbone_weights, only, from_stage)
+        check_engine(self.engine, self.device)
+        check_view(self.input_height, self.flip)
+        check_finetune(self.finetune, self.backbone, self.finetune_stages, self.finetune_epochs)
+        check_classifier(self.classifier, self.members, self.feature_power)
+        check_clusters(self.cluster_strategy, self.k)
+        check_numbers(self.seed, self.crossfit_weight_decay)
+        if data:
+            check_data_roots([Path(r) for r in self.data_roots()], self.dataset_kind)
+
     def view(self, one_driving_side: Callable[[], bool]) -> View:
         """How the backbone looks at the photos; ``one_driving_side`` settles ``flip='auto'`` (a ValueError for bad settings)."""
         from worldnet.features.names import View, resolve_flip
@@ -327,14 +349,135 @@ def resolve_finetune(setting: str, backbone: str, train_photos: int, device: str
     return True, f"auto: {train_photos} training photos{many} on {device}"
 
 
+# --- the checks PipelineConfig.check runs: each names the parameter, and the CLI says which flag ---
+
+
+def check_classifier(classifier: str, members: int = 1, feature_power: float = 1.0) -> None:
+    if classifier not in ("mlp", "linear"):
+        raise ValueError(f"classifier={classifier!r} is unknown; choose mlp or linear")
+    if members < 1:
+        raise ValueError(f"members={members}: the ensemble needs at least one MLP (1 is the paper's classifier)")
+    if not 0 < feature_power <= 1:
+        raise ValueError(f"feature_power={feature_power}: choose a power in (0, 1]; 1 uses the features as extracted")
+
+
+def preflight(root: str, backbone: str, weights: str | None, only: str | None, from_stage: str | None) -> None:
+    """Check what can be checked before Prefect or MLflow start, so a mistake is answered in a second, not a minute.
+
+    Raises:
+        ValueError: Naming the parameter and what to do.
+    """
+    import os
+
+    from worldnet.features.names import BACKBONES_WITH_WEIGHTS, available_backbones
+    from worldnet.storage import is_local, local_path
+
+    for opt, stage in (("only", only), ("from_stage", from_stage)):
+        if stage is not None and stage not in STAGES:
+            raise ValueError(f"{opt}={stage!r} is not a stage; stages are {', '.join(STAGES)}")
+    if backbone not in available_backbones():
+        raise ValueError(f"backbone={backbone!r} is unknown; choose one of {', '.join(available_backbones())}")
+    if weights is not None:
+        if backbone not in BACKBONES_WITH_WEIGHTS:
+            raise ValueError(
+                f"backbone_weights={weights} is for {', '.join(BACKBONES_WITH_WEIGHTS)}; {backbone!r} ships its own weights: "
+                "drop the weights file"
+            )
+        if not Path(weights).expanduser().is_file():
+            raise ValueError(f"backbone_weights={weights} is not a file: give the path of the downloaded .pth file")
+        with open(Path(weights).expanduser(), "rb") as fh:
+            head = fh.read(4)
+        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a legacy pickle
+            raise ValueError(f"backbone_weights={weights} is not a PyTorch weights file (.pth): give torchvision's {backbone} weights")
+    if is_local(root):
+        path = local_path(root)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"root={root} is a file; give a folder (it is created if absent) or an s3:// URL")
+        existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"root={root} is not writable ({existing} is read-only for this user); choose a folder you can write")
+
+
+def check_clusters(cluster: str, k: int) -> None:
+    from worldnet.clustering import STRATEGIES
+
+    if cluster not in STRATEGIES:
+        raise ValueError(f"cluster_strategy={cluster!r} is unknown; choose one of {', '.join(STRATEGIES)}")
+    if not 0 <= k <= 100_000:
+        raise ValueError(f"k={k}: give a number of clusters from 1 to 100000, or 0 to choose it from the data")
+
+
+def check_data_roots(roots: list[Path], dataset_kind: str) -> None:
+    """Every data root exists and, read by its layout, names something worldnet reads."""
+    from worldnet.data.ingest import dataset_name, detect_kind
+
+    for r in roots:
+        if not r.exists():
+            raise ValueError(f"data_root={r} does not exist: point it at a GSV-Cities folder (Dataframes/ + Images/) or a CSV")
+        if dataset_kind == "auto":
+            try:
+                detect_kind(r)
+            except FileNotFoundError as exc:
+                raise ValueError(f"data_root={exc}") from None
+    names = [dataset_name(r) for r in roots]
+    if len(set(names)) != len(names):
+        raise ValueError(f"data_root names the datasets {sorted({n for n in names if names.count(n) > 1})} twice: name each once")
+
+
+def check_finetune(setting: str, backbone: str, stages: int, epochs: int | None) -> None:
+    resolve_finetune(setting, backbone, 0, "cpu")
+    if not 1 <= stages <= 6:
+        raise ValueError(f"finetune_stages={stages}: EfficientNet-Lite has 7 block stages; train 1 to 6")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"finetune_epochs={epochs}: train at least 1 epoch")
+
+
+def check_view(input_height: int | None, flip: str) -> None:
+    from worldnet.features.names import View, resolve_flip
+
+    View(input_height, resolve_flip(flip, lambda: True))
+
+
+def check_engine(engine: str, device: str) -> None:
+    """``engine`` against ``device`` (``auto`` resolves per machine later)."""
+    from worldnet.features.names import resolve_engine
+
+    resolve_engine(engine, device if device in ("cpu", "cuda") else "cpu")
+
+
+def check_numbers(seed: int, crossfit_weight_decay: float | None = None) -> None:
+    """Parameters that are plain numbers, checked by name before any work starts."""
+    import math
+
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed={seed}: choose a seed from 0 to 4294967295")
+    if crossfit_weight_decay is not None and not (math.isfinite(crossfit_weight_decay) and crossfit_weight_decay >= 0):
+        raise ValueError(f"crossfit_weight_decay={crossfit_weight_decay}: choose a finite number >= 0 (default 100)")
+
+
+#: What ``cv`` may keep whole in a fold.
+GROUPS = ("country", "city")
+
+
+def check_cv(group: str, folds: int) -> None:
+    """Raises ValueError for a grouping or fold count ``cross_validate`` cannot use."""
+    if group not in GROUPS:
+        raise ValueError(f"group={group!r} keeps no groups whole; choose one of {', '.join(GROUPS)}")
+    if not 2 <= folds <= 100:
+        raise ValueError(f"folds={folds}: choose from 2 to 100 folds")
+
+
 __all__ = [
     "FINETUNE_SETTINGS",
+    "GROUPS",
     "PIPELINE",
     "STAGES",
     "STAGE_IO",
     "STAGE_PARAMS",
     "PipelineConfig",
     "Stage",
+    "check_cv",
+    "check_engine",
     "finetune_epochs",
     "resolve_finetune",
     "stage",

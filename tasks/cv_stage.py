@@ -26,19 +26,9 @@ from worldnet.features.extract import load_features, resolve_device
 from worldnet.geo.regions import country_of, one_driving_side
 from worldnet.models.worldnet_model import TrainConfig
 
-GROUPS = ("country", "city")
-
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def check_cv(group: str, folds: int) -> None:
-    """Raises ValueError for a grouping or fold count ``cross_validate`` cannot use."""
-    if group not in GROUPS:
-        raise ValueError(f"group must be one of {', '.join(GROUPS)} (got {group!r})")
-    if not 2 <= folds <= 100:
-        raise ValueError(f"folds {folds}: give 2 to 100 folds")
 
 
 @task(name="cross_validate", task_run_name="cv-{group}-{folds}", **STAGE_TASK)
@@ -114,4 +104,4 @@ def _fold_finetuner(
     )
 
 
-__all__ = ["GROUPS", "check_cv", "cross_validate_task"]
+__all__ = ["cross_validate_task"]

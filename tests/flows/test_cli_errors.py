@@ -54,10 +54,10 @@ def test_mistakes_in_options_are_answered_before_anything_starts(tmp_path):
     read_only.mkdir()
     read_only.chmod(0o500)
     cases = [
-        (["--only", "bogus"], "--only 'bogus' is not a stage"),
-        (["--from", "trian"], "--from 'trian' is not a stage"),
-        (["--backbone", "resnet9000"], "--backbone 'resnet9000' is unknown"),
-        (["--weights", str(a_file)], "drop --weights"),
+        (["--only", "bogus"], "--only bogus is not a stage"),
+        (["--from", "trian"], "--from trian is not a stage"),
+        (["--backbone", "resnet9000"], "--backbone resnet9000 is unknown"),
+        (["--weights", str(a_file)], "ships its own weights: drop the weights file"),
         (["--backbone", "vgg19", "--weights", str(tmp_path / "none.pth")], "is not a file"),
         (["--root", str(a_file)], "is a file"),
         (["--input-height", "8"], "--input-height 8: choose from 16 to 2048 pixels"),
@@ -124,7 +124,7 @@ def test_numeric_options_are_refused_by_name_in_a_second(tmp_path):
     cases = [
         (["run", "--seed", "-1"], "--seed -1"),
         (["run", "--cluster", "kmeans", "--k", "-3"], "--k -3"),
-        (["run", "--cluster", "regions"], "--cluster 'regions' is unknown"),
+        (["run", "--cluster", "regions"], "--cluster regions is unknown"),
         (["run", "--crossfit-weight-decay", "nan"], "--crossfit-weight-decay nan"),
         (["run", "--image-size", "100000x100000"], "at most 4096"),
         (["cv", "--folds", "1"], "--folds 1"),

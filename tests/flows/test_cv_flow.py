@@ -27,5 +27,5 @@ def test_cv_records_its_stages_and_a_run_after_it_extracts_nothing(harness, mlfl
 
 
 def test_cv_refuses_a_grouping_it_cannot_keep_whole(harness, world, tmp_path):
-    with pytest.raises(ValueError, match="group must be one of country, city"):
+    with pytest.raises(ValueError, match="group='continent' keeps no groups whole; choose one of country, city"):
         cv_flow(small_cfg(world, tmp_path / "root"), group="continent", folds=2)
