@@ -90,26 +90,6 @@ def test_metrics_table_matches_the_predictions():
     assert t["continent_acc"].to_list() == [0.5, 0.0]
 
 
-@pytest.mark.real_data
-def test_osv5m_five_fold_by_country_prints_the_table(shared_data, tmp_path):
-    from typer.testing import CliRunner
-
-    from flows.cli import app
-
-    res = CliRunner().invoke(app, ["cv", "--data-root", str(shared_data / "osv5m_sample" / "metadata.csv"), "--root", str(tmp_path)])
-    assert res.exit_code == 0, res.output
-    print(res.output[res.output.index("5-fold") :])
-    assert "121 images" in res.output and "country groups" in res.output
-    table = {ln.split("|")[1].strip(): ln for ln in res.output.splitlines() if ln.startswith("| ") and not ln.startswith("| model |")}
-    assert {"mean model", "worldNET", "worldNET (in-sample)", "nn classifier"} <= set(table)
-
-    def mean_km(row: str) -> float:
-        return float(table[row].split("|")[5].split("(")[0].replace(",", ""))
-
-    # the bar: worldNET (the crossfit head, cv's default) no worse than the mean model on mean km
-    assert mean_km("worldNET") <= mean_km("mean model")
-
-
 def test_places_of_several_photos_get_one_combined_answer_beside_the_per_photo_rows():
     X, labels = _world(n_per=24)
     # every two consecutive photos of a city are two views of one place: same coordinates, same place id

@@ -29,3 +29,24 @@ def test_cv_records_its_stages_and_a_run_after_it_extracts_nothing(harness, mlfl
 def test_cv_refuses_a_grouping_it_cannot_keep_whole(harness, world, tmp_path):
     with pytest.raises(ValueError, match="group='continent' keeps no groups whole; choose one of country, city"):
         cv_flow(small_cfg(world, tmp_path / "root"), group="continent", folds=2)
+
+
+@pytest.mark.real_data
+def test_osv5m_five_fold_by_country_prints_the_table(harness, mlflow_store, shared_data, tmp_path):
+    mlflow_store(tmp_path)  # a copy of an empty store: the flow's stages, not MLflow's migrations
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    res = CliRunner().invoke(app, ["cv", "--data-root", str(shared_data / "osv5m_sample" / "metadata.csv"), "--root", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    print(res.output[res.output.index("5-fold") :])
+    assert "121 images" in res.output and "country groups" in res.output
+    table = {ln.split("|")[1].strip(): ln for ln in res.output.splitlines() if ln.startswith("| ") and not ln.startswith("| model |")}
+    assert {"mean model", "worldNET", "worldNET (in-sample)", "nn classifier"} <= set(table)
+
+    def mean_km(row: str) -> float:
+        return float(table[row].split("|")[5].split("(")[0].replace(",", ""))
+
+    # the bar: worldNET (the crossfit head, cv's default) no worse than the mean model on mean km
+    assert mean_km("worldNET") <= mean_km("mean model")
