@@ -37,8 +37,9 @@ def cv_flow(cfg: PipelineConfig, group: str = "country", folds: int = 5, wait_lo
         ValueError: For an unknown ``group`` or a fold count outside 2..100.
     """
     check_cv(group, folds)
-    stages = pipeline(cv_config(cfg), stages=CV_STAGES, wait_lock=wait_lock)
-    result: dict[str, Any] = cross_validate_task(cv_config(cfg), group, folds, cfg.finetune)
+    frozen = cv_config(cfg)
+    stages = pipeline(frozen, stages=CV_STAGES, wait_lock=wait_lock)
+    result: dict[str, Any] = cross_validate_task(frozen, group, folds, cfg.finetune)
     return {**result, "input": stages.get("input"), "stages": stages}
 
 

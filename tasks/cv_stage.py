@@ -8,7 +8,6 @@ on its training photos only, from one activation cache of every photo.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -19,12 +18,13 @@ import polars as pl
 from prefect import task
 
 from tasks.config import PipelineConfig, finetune_epochs, resolve_finetune
+from tasks.finetune_stage import tuning_backbone
 from tasks.lineage import STAGE_TASK
-from worldnet.data.shards import shard_frame, shard_paths
+from tasks.model_stages import train_config
+from worldnet.data.shards import shard_paths
 from worldnet.evaluate import ProtocolResult, cross_validate
 from worldnet.features.extract import load_features, resolve_device
-from worldnet.geo.regions import country_of, one_driving_side
-from worldnet.models.worldnet_model import TrainConfig
+from worldnet.geo.regions import country_of
 
 
 def _say(line: str) -> None:
@@ -41,13 +41,7 @@ def cross_validate_task(cfg: PipelineConfig, group: str, folds: int, finetune: s
     _say(f"fine-tuning: {f'on, {epochs} epochs' if tuned else 'off'} ({why})")
     keys = country_of(labels["lat"].to_numpy(), labels["lon"].to_numpy()) if group == "country" else labels["city"].to_numpy()
     groups = np.array([str(g) for g in keys])
-    train_cfg = TrainConfig(
-        seed=cfg.seed,
-        crossfit_weight_decay=cfg.crossfit_weight_decay,
-        classifier=cfg.classifier,
-        members=cfg.members,
-        feature_power=cfg.feature_power,
-    )
+    train_cfg = train_config(cfg)
     with mlflow.start_run(run_name="cv"):
         mlflow.log_params({"group": group, "folds": folds, "finetune": finetune, "finetune_resolved": "on" if tuned else "off"})
         res: ProtocolResult = cross_validate(
@@ -74,17 +68,11 @@ def _fold_finetuner(
     """Each fold's fine-tuned features, from one activation cache of every photo (:func:`worldnet.features.finetune.fold_finetuner`)."""
     from worldnet.features.backbones import build_backbone
     from worldnet.features.finetune import FinetuneConfig, cache_activations, fold_finetuner
-    from worldnet.features.onnx_graph import weights_fingerprint
     from worldnet.parallel import default_workers
 
     cat = cfg.catalog()
-    frame = shard_frame(cat.require("image_shards"))
-    view = cfg.view(lambda: one_driving_side(labels["lat"].to_numpy(), labels["lon"].to_numpy()))
-    bb = build_backbone(cfg.backbone, None, frame, view)
+    bb, frame, view, key = tuning_backbone(cfg, labels)
     stages = cfg.finetune_stages
-    key = json.dumps(
-        {"backbone": weights_fingerprint(cfg.backbone), "input": list(bb.spec.input_size), "flip": view.flip, "stages": stages}
-    )
     shards = shard_paths(cat.require("image_shards"))
     acts = cache_activations(bb, stages, shards, cat.path("finetune_cache"), mirror=view.flip, key=key, threads=default_workers())
     order = {i: n for n, i in enumerate(acts.ids)}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
@@ -40,6 +40,10 @@ from worldnet.models.predictor import finetuned_weights
 from worldnet.parallel import default_workers
 from worldnet.storage import read_parquet
 
+if TYPE_CHECKING:
+    from worldnet.features.backbones import Backbone
+    from worldnet.features.names import View
+
 
 def finetuned_file(cfg: PipelineConfig) -> str | None:
     """A local path of this root's fine-tuned stages, or None when the backbone is not fine-tuned (off, or not yet run)."""
@@ -64,6 +68,25 @@ def _is_tuned(data: bytes) -> bool:
     return isinstance(blob, dict) and int(blob.get("stages", 0)) > 0
 
 
+def tuning_backbone(cfg: PipelineConfig, labels: pl.DataFrame) -> tuple[Backbone, tuple[int, int], View, str]:
+    """The pretrained backbone fine-tuning starts from (the shards' frame, the run's view), and the key of its activation cache.
+
+    The ``finetune`` stage and ``cv``'s per-fold fine-tuning share one cache this way.
+    """
+    from worldnet.features.backbones import build_backbone
+
+    frame = shard_frame(cfg.catalog().require("image_shards"))
+    view = cfg.view(lambda: one_driving_side(labels["lat"].to_numpy(), labels["lon"].to_numpy()))
+    backbone = build_backbone(cfg.backbone, None, frame, view)
+    key = {
+        "backbone": weights_fingerprint(cfg.backbone),
+        "input": list(backbone.spec.input_size),
+        "flip": view.flip,
+        "stages": cfg.finetune_stages,
+    }
+    return backbone, frame, view, json.dumps(key)
+
+
 @task(name="finetune", task_run_name="finetune-{cfg.backbone}", **STAGE_TASK)
 def finetune_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     """Fine-tune the backbone's last stages on the photos every protocol trains on (or record why not)."""
@@ -83,19 +106,12 @@ def finetune_task(cfg: PipelineConfig, parent_run_id: str | None = None) -> dict
             # the same bytes however it came to be off, so the stages after it do not rerun for a reason that changed
             save_finetuned(out, cfg.backbone, 0, {}, {})
             return {"finetuned": False, "reason": why}
-        from worldnet.features.backbones import build_backbone
-
-        frame = shard_frame(cat.require("image_shards"))
-        view = cfg.view(lambda: one_driving_side(labels["lat"].to_numpy(), labels["lon"].to_numpy()))
-        backbone = build_backbone(cfg.backbone, None, frame, view)
+        backbone, _, view, key = tuning_backbone(cfg, labels)
         epochs = finetune_epochs(cfg.finetune_epochs, int(train.sum()), device)
         mlflow.log_param("finetune_epochs_resolved", epochs)
         ft = FinetuneConfig(stages=cfg.finetune_stages, epochs=epochs, seed=cfg.seed)
         threads = default_workers()
         torch.set_num_threads(threads)
-        key = json.dumps(
-            {"backbone": weights_fingerprint(cfg.backbone), "input": list(backbone.spec.input_size), "flip": view.flip, "stages": ft.stages}
-        )
         cache = cat.path("finetune_cache")
         acts = cache_activations(backbone, ft.stages, shards, cache, mirror=view.flip, key=key, threads=threads, progress=cfg.progress)
         if acts.ids != labels["image_id"].to_list():

@@ -43,7 +43,8 @@ def _protocols(cfg: PipelineConfig) -> Iterator[tuple[str, ProtocolData]]:
         yield proto, protocol_data(X, labels, proto)
 
 
-def _train_cfg(cfg: PipelineConfig) -> TrainConfig:
+def train_config(cfg: PipelineConfig) -> TrainConfig:
+    """The library's training configuration for this run."""
     return TrainConfig(
         seed=cfg.seed,
         crossfit_weight_decay=cfg.crossfit_weight_decay,
@@ -74,7 +75,7 @@ def train_classifier_task(cfg: PipelineConfig, parent_run_id: str | None = None)
     cat = cfg.catalog()
     out = {}
     with stage_run(cfg, "train_classifier", parent_run_id):
-        tc = _train_cfg(cfg)
+        tc = train_config(cfg)
         mlflow.log_params(
             {
                 "hidden": tc.hidden,
@@ -114,7 +115,7 @@ def train_interpolation_task(cfg: PipelineConfig, parent_run_id: str | None = No
                 mlflow.log_metric(f"{proto}.crossfit_head_rows", int(rows.sum()) if rows is not None else data.train.height)
             for mode in HEAD_MODES:
                 wn = train_interpolation_step(
-                    data, centroids, fit, mode, cfg.cluster_strategy, _train_cfg(cfg), rows if mode == "crossfit" else None
+                    data, centroids, fit, mode, cfg.cluster_strategy, train_config(cfg), rows if mode == "crossfit" else None
                 )
                 save_worldnet(
                     wn,
