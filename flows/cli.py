@@ -210,10 +210,10 @@ def run(
     """
     options = dict(locals())
     options["data_root"] = data_root or [Path(defaults.SYNTHETIC_DATA)]
+    forced = only is not None or from_stage is not None
     try:
         cfg = pipeline_config(options)
-        forced = only is not None or from_stage is not None
-        check_options(cfg, only=only, from_stage=from_stage, data_roots=None if forced else options["data_root"])
+        check_options(cfg, only=only, from_stage=from_stage, data=not forced)
     except ValueError as exc:
         raise fail(str(exc)) from None
     from flows.pipeline import run_pipeline
@@ -307,7 +307,7 @@ def cv(
     try:
         cfg = pipeline_config(dict(locals()))
         check_cv(group, folds)
-        check_options(cfg, protocol="unseen", data_roots=data_root)
+        check_options(cfg, protocol="unseen")
     except ValueError as exc:
         raise fail(str(exc)) from None
     from flows.cv import cv_flow

@@ -6,7 +6,6 @@ here is what only the command line has: a frame size to parse and the MLflow sto
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -42,14 +41,14 @@ def check_options(
     protocol: str = "seen",
     only: str | None = None,
     from_stage: str | None = None,
-    data_roots: list[Path] | None = None,
+    data: bool = True,
 ) -> None:
-    """The configuration's own checks, then the MLflow store its root holds.
+    """The configuration's own checks (``data``: its data roots too), then the MLflow store its root holds.
 
     Raises:
         ValueError: Naming the parameter to change (the CLI says which flag), for the first that is wrong.
     """
-    cfg.check(protocol=protocol, only=only, from_stage=from_stage, data=data_roots is not None)
+    cfg.check(protocol=protocol, only=only, from_stage=from_stage, data=data)
     store = store_file(cfg.root)
     if store is not None:
         from tasks.store_check import check_sqlite_store

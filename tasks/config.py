@@ -353,7 +353,7 @@ def resolve_finetune(setting: str, backbone: str, train_photos: int, device: str
 
 
 def check_classifier(classifier: str, members: int = 1, feature_power: float = 1.0) -> None:
-    if classifier not in ("mlp", "linear"):
+    if classifier not in defaults.CLASSIFIERS:
         raise ValueError(f"classifier={classifier!r} is unknown; choose mlp or linear")
     if members < 1:
         raise ValueError(f"members={members}: the ensemble needs at least one MLP (1 is the paper's classifier)")
@@ -452,7 +452,9 @@ def check_numbers(seed: int, crossfit_weight_decay: float | None = None) -> None
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed={seed}: choose a seed from 0 to 4294967295")
     if crossfit_weight_decay is not None and not (math.isfinite(crossfit_weight_decay) and crossfit_weight_decay >= 0):
-        raise ValueError(f"crossfit_weight_decay={crossfit_weight_decay}: choose a finite number >= 0 (default 100)")
+        raise ValueError(
+            f"crossfit_weight_decay={crossfit_weight_decay}: choose a finite number >= 0 (default {defaults.CROSSFIT_WEIGHT_DECAY:g})"
+        )
 
 
 #: What ``cv`` may keep whole in a fold.

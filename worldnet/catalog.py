@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 from upath import UPath
 
 from worldnet import defaults
+from worldnet.data.schema import MANIFEST_SCHEMA, REJECTS_SCHEMA
 from worldnet.io import write_with_atomic
 from worldnet.storage import as_path, is_local, read_parquet
 
@@ -39,20 +39,8 @@ DEFAULT_CATALOG = _default_catalog()
 DEFAULT_ROOT = Path(defaults.ROOT)
 
 
-def _manifest_schema() -> dict[str, Any]:
-    from worldnet.data.schema import MANIFEST_SCHEMA
-
-    return MANIFEST_SCHEMA
-
-
-def _rejects_schema() -> dict[str, Any]:
-    from worldnet.data.schema import REJECTS_SCHEMA
-
-    return REJECTS_SCHEMA
-
-
 #: The table schemas a catalog entry's ``schema:`` may name; :meth:`Catalog.save` checks a table's columns against them.
-TABLE_SCHEMAS: dict[str, Callable[[], dict[str, Any]]] = {"manifest": _manifest_schema, "rejects": _rejects_schema}
+TABLE_SCHEMAS: dict[str, dict[str, Any]] = {"manifest": MANIFEST_SCHEMA, "rejects": REJECTS_SCHEMA}
 
 
 @lru_cache(maxsize=8)
@@ -133,7 +121,7 @@ class Catalog:
     def save(self, name: str, df: pl.DataFrame, **kw: str) -> UPath:
         """Save a table artifact atomically, checked against the table schema its entry names (``schema:``)."""
         schema = TABLE_SCHEMAS.get(str(self._table(name).get("schema")))
-        if schema is not None and (missing := [c for c in schema() if c not in df.columns]):
+        if schema is not None and (missing := [c for c in schema if c not in df.columns]):
             raise ValueError(f"a {name!r} table needs the columns of its schema; missing {missing}")
         p = self.path(name, **kw)
         write_with_atomic(p, lambda tmp: df.write_parquet(tmp))

@@ -8,6 +8,8 @@ SYNTHETIC_DATA = f"{ROOT}/data/synthetic"
 # The training choices a pipeline run exposes, read by both TrainConfig (the library) and PipelineConfig (a run).
 #: The centroid classifier: ``mlp`` (the paper's, on haversine-smoothed targets) or ``linear``.
 CLASSIFIER = "mlp"
+#: Every centroid classifier there is.
+CLASSIFIERS = ("linear", "mlp")
 #: MLPs in the classifier's ensemble (1: the paper's one MLP).
 MEMBERS = 5
 #: Signed power on the classifier's features before standardising (1: as extracted).

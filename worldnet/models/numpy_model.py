@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from upath import UPath
 
+from worldnet import defaults
 from worldnet.features.names import View
 from worldnet.features.specs import saved_view
 from worldnet.io import write_with_atomic
@@ -226,7 +227,7 @@ class NumpyWorldNet:
     def from_arrays(cls, meta: dict[str, Any], a: Mapping[str, np.ndarray]) -> NumpyWorldNet:
         f64 = np.float64
         kind, members = str(meta["classifier_kind"]), int(meta["members"])
-        if kind not in ("mlp", "linear"):
+        if kind not in defaults.CLASSIFIERS:
             raise ValueError(f"unknown classifier kind {kind!r}")
         names = [str(n) for n in meta["names"]]
         centroids = np.asarray(a["centroids"], f64)

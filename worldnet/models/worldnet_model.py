@@ -48,7 +48,7 @@ from worldnet.geo.sphere import EARTH_RADIUS_KM, haversine_km_torch, latlon_to_x
 from worldnet.head_modes import HEAD_MODES
 from worldnet.models.linear import fit_softmax, smoothed_targets, torch_threads, training_threads, whitening
 
-CLASSIFIERS = ("linear", "mlp")
+CLASSIFIERS = defaults.CLASSIFIERS
 
 
 @dataclass
