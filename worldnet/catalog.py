@@ -20,7 +20,6 @@ import yaml
 from upath import UPath
 
 from worldnet import defaults
-from worldnet.data.schema import MANIFEST_SCHEMA, REJECTS_SCHEMA
 from worldnet.io import write_with_atomic
 from worldnet.storage import as_path, is_local, read_parquet
 
@@ -40,7 +39,21 @@ DEFAULT_ROOT = Path(defaults.ROOT)
 
 
 #: The table schemas a catalog entry's ``schema:`` may name; :meth:`Catalog.save` checks a table's columns against them.
-TABLE_SCHEMAS: dict[str, dict[str, Any]] = {"manifest": MANIFEST_SCHEMA, "rejects": REJECTS_SCHEMA}
+TABLE_SCHEMAS: tuple[str, ...] = ("manifest", "rejects")
+
+
+def table_schema(name: str) -> dict[str, Any] | None:
+    """The columns of the table schema ``name`` (one of :data:`TABLE_SCHEMAS`), or None for a table without one.
+
+    Imported here, not at the top: the schemas are polars types, and the answer path (predict, serve) reads the
+    catalog without polars.
+    """
+    if name not in TABLE_SCHEMAS:
+        return None
+    from worldnet.data.schema import MANIFEST_SCHEMA, REJECTS_SCHEMA
+
+    schemas: dict[str, dict[str, Any]] = {"manifest": MANIFEST_SCHEMA, "rejects": REJECTS_SCHEMA}
+    return schemas[name]
 
 
 @lru_cache(maxsize=8)
@@ -120,7 +133,7 @@ class Catalog:
 
     def save(self, name: str, df: pl.DataFrame, **kw: str) -> UPath:
         """Save a table artifact atomically, checked against the table schema its entry names (``schema:``)."""
-        schema = TABLE_SCHEMAS.get(str(self._table(name).get("schema")))
+        schema = table_schema(str(self._table(name).get("schema")))
         if schema is not None and (missing := [c for c in schema if c not in df.columns]):
             raise ValueError(f"a {name!r} table needs the columns of its schema; missing {missing}")
         p = self.path(name, **kw)
