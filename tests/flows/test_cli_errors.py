@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+from prefect.settings import PREFECT_API_URL
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -18,8 +19,10 @@ def test_a_debias_that_would_drop_most_photos_is_one_line_and_exit_2(harness, tm
     cities = ["Madrid", "PRS", "Rome", "Lisbon", "Boston"]  # four European cities and one American: balancing drops most
     generate(SynthConfig(out=data, cities=cities, per_city=16, size=(48, 36), eurocentric=False), progress=False)
     args = ["run", "--data-root", str(data), "--root", str(tmp_path / "root"), "--backbone", "tiny_random"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
-    # the real command, so that what Prefect's own log handlers print is seen too
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
+    # the real command, so that what Prefect's own log handlers print is seen too (on the session's Prefect server:
+    # a start-up of its own would add 20 s and show nothing more)
     res = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True, text=True, timeout=300)
     out = res.stdout + res.stderr
     assert res.returncode == 2, out
