@@ -43,8 +43,14 @@ def test_worldnet_beats_the_mean_model_on_unseen_places_of_real_cells(harness, m
     _link_subset(src, tmp_path / "uswest", cells)
     # one MLP, the frozen features at 224 px (the mirror still on): what is tested is the method on real cells, in 30 s
     cfg = PipelineConfig(
-        data_root=str(tmp_path / "uswest"), root=str(tmp_path / "root"), head_mode="crossfit", n_unseen=2,
-        members=1, finetune="off", input_height=224, progress=False,
+        data_root=str(tmp_path / "uswest"),
+        root=str(tmp_path / "root"),
+        head_mode="crossfit",
+        n_unseen=2,
+        members=1,
+        finetune="off",
+        input_height=224,
+        progress=False,
     )
     mlflow_store(cfg.root)
     out = pipeline(cfg, stages=list(STAGES[: STAGES.index("evaluate") + 1]))
