@@ -86,8 +86,17 @@ def test_s3_root_on_two_dask_workers_is_byte_identical_to_a_local_folder(
     monkeypatch.chdir(tmp_path)  # a URL root keeps its MLflow store in ./.worldnet
     mlflow_store(tmp_path / ".worldnet")
     root = f"s3://{BUCKET}/run-a"
+    # one cluster of two single-threaded worker processes for the stages and for predict-batch, reached by its address
+    # as an existing cluster is (the runner starting a LocalCluster of its own: tests/flows/test_runners.py)
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        _on_two_workers(s3, world, threads_run, tmp_path, root, cluster.scheduler_address)
+
+
+def _on_two_workers(s3, world, threads_run, tmp_path, root: str, address: str) -> None:
     local_root, local = threads_run  # the same world and configuration in a local folder, on the default runner
-    remote = run_pipeline(small_cfg(world, root), stages=DATA_STAGES, task_runner=make_task_runner("dask", dask_workers=2))
+    remote = run_pipeline(small_cfg(world, root), stages=DATA_STAGES, task_runner=make_task_runner("dask", dask_address=address))
     assert remote["extract_features"]["worker_processes"] == 2
     a, b = _digests(local_root), _digests(root)
     assert any(k.endswith(".npy") for k in a) and a == b
@@ -99,7 +108,7 @@ def test_s3_root_on_two_dask_workers_is_byte_identical_to_a_local_folder(
     photos = world / "Images" / "Madrid"
     model = _model(tmp_path)
     out_l = predict_batch(str(photos), "june", str(model), str(tmp_path / "local"), 4, progress=False)
-    out_r = predict_batch.with_options(task_runner=make_task_runner("dask", dask_workers=2))(
+    out_r = predict_batch.with_options(task_runner=make_task_runner("dask", dask_address=address))(
         str(photos), "june", str(model), root, 4, progress=False
     )
     assert out_l["predicted"] == out_r["predicted"] > 0
