@@ -23,7 +23,8 @@ from tasks.lineage import STAGE_TASK
 from tasks.model_stages import train_config
 from worldnet.data.shards import shard_paths
 from worldnet.evaluate import ProtocolResult, cross_validate
-from worldnet.features.extract import load_features, resolve_device
+from worldnet.features.backbones import resolve_device
+from worldnet.features.extract import load_features
 from worldnet.geo.regions import country_of
 
 

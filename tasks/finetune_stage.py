@@ -24,7 +24,7 @@ from prefect import task
 from tasks.config import PipelineConfig, finetune_epochs, resolve_finetune
 from tasks.lineage import STAGE_TASK, stage_run
 from worldnet.data.shards import shard_frame, shard_paths
-from worldnet.features.extract import resolve_device
+from worldnet.features.backbones import resolve_device
 from worldnet.features.finetune import (
     FinetuneConfig,
     cache_activations,

@@ -42,7 +42,7 @@ DEFAULT_ROOT = Path(defaults.ROOT)
 TABLE_SCHEMAS: tuple[str, ...] = ("manifest", "rejects")
 
 
-def table_schema(name: str) -> dict[str, Any] | None:
+def table_schema(name: str | None) -> dict[str, Any] | None:
     """The columns of the table schema ``name`` (one of :data:`TABLE_SCHEMAS`), or None for a table without one.
 
     Imported here, not at the top: the schemas are polars types, and the answer path (predict, serve) reads the
@@ -133,7 +133,7 @@ class Catalog:
 
     def save(self, name: str, df: pl.DataFrame, **kw: str) -> UPath:
         """Save a table artifact atomically, checked against the table schema its entry names (``schema:``)."""
-        schema = table_schema(str(self._table(name).get("schema")))
+        schema = table_schema(self._table(name).get("schema"))
         if schema is not None and (missing := [c for c in schema if c not in df.columns]):
             raise ValueError(f"a {name!r} table needs the columns of its schema; missing {missing}")
         p = self.path(name, **kw)

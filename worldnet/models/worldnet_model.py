@@ -48,8 +48,6 @@ from worldnet.geo.sphere import EARTH_RADIUS_KM, haversine_km_torch, latlon_to_x
 from worldnet.head_modes import HEAD_MODES
 from worldnet.models.linear import fit_softmax, smoothed_targets, torch_threads, training_threads, whitening
 
-CLASSIFIERS = defaults.CLASSIFIERS
-
 
 @dataclass
 class TrainConfig:
@@ -174,8 +172,8 @@ class CentroidClassifier(nn.Module):
 
     def __init__(self, dim: int, k: int, hidden: int = 256, dropout: float = 0.3, kind: str = "mlp", members: int = 1):
         super().__init__()
-        if kind not in CLASSIFIERS:
-            raise ValueError(f"unknown classifier {kind!r}; choose one of {', '.join(CLASSIFIERS)}")
+        if kind not in defaults.CLASSIFIERS:
+            raise ValueError(f"unknown classifier {kind!r}; choose one of {', '.join(defaults.CLASSIFIERS)}")
         if members < 1 or (kind == "linear" and members != 1):
             raise ValueError(f"members must be >= 1 (1 for the linear classifier), got {members}")
         self.kind, self.dim, self.hidden, self.k, self.members = kind, dim, hidden, k, members
@@ -310,7 +308,7 @@ def train_classifier(
         if cfg.classifier == "linear":
             return _train_linear(X, y, X_val, y_val, k, cfg, targets)
         if cfg.classifier != "mlp":
-            raise ValueError(f"unknown classifier {cfg.classifier!r}; choose one of {', '.join(CLASSIFIERS)}")
+            raise ValueError(f"unknown classifier {cfg.classifier!r}; choose one of {', '.join(defaults.CLASSIFIERS)}")
         return _train_mlp(X, y, X_val, y_val, k, cfg, targets if cfg.mlp_soft_targets else None)
 
 
