@@ -106,13 +106,13 @@ def test_flat_features_run_on_torch(tmp_path):
 
 
 def test_full_batches_partial_batches_and_single_photos_agree(tmp_path):
-    """Full batches run in the fixed-size session, the rest in the dynamic one: same features either way."""
+    """Full batches run in the fixed-size session, the rest one by one in the single-photo one: same features either way."""
     from worldnet.features.engine import FIXED_BATCH, check_batch
 
     model = build_engine("tiny_random", frame=FRAME, engine="onnx", graphs_dir=tmp_path)
     assert isinstance(model, OnnxBackbone)
     x = np.concatenate([check_batch(model.spec, FIXED_BATCH), check_batch(model.spec, 5)])
-    whole = model(x)  # one fixed batch, then 5 through the dynamic session
+    whole = model(x)  # one fixed batch, then 5 photos one at a time
     assert whole.shape == (FIXED_BATCH + 5, model.spec.dim)
     np.testing.assert_allclose(model(x[FIXED_BATCH:]), whole[FIXED_BATCH:], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model(x[:1]), whole[:1], rtol=1e-5, atol=1e-6)

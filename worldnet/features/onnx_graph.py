@@ -22,7 +22,9 @@ from worldnet.features.specs import BackboneSpec, efficientnet_lite_weights_path
 OPSET = 17
 
 #: Batches of this size run in a session with the batch dimension fixed (ONNX Runtime then plans every shape ahead:
-#: Lite0 ran 110 instead of 135 ms per batch of 16 on 2 cores); other sizes run in a second, dynamic session.
+#: Lite0 ran 110 instead of 135 ms per batch of 16 on 2 cores); the photos left over run one at a time in a session
+#: fixed to one photo, which beat a dynamic batch of any size (Lite0 at 300×600 with its mirror, 2 cores, no
+#: spinning: 41-44 against 56-67 ms a photo for 1 to 15 photos; ``benchmarks/bench_predict.py`` prints the answer's).
 FIXED_BATCH = 16
 
 
@@ -99,34 +101,38 @@ class OnnxBackbone:
     """A backbone's graph in ONNX Runtime: ``(N, H, W, 3)`` uint8 images, as decoded → ``(N, dim)`` features.
 
     Full batches of :data:`FIXED_BATCH` go through a session specialised to
-    that size; the rest (a last partial batch, one photo from a server)
-    through a dynamic one. Each session is made on first use: a command that
-    answers one photo never builds the fixed one. ``spin``: see :func:`onnx_session`.
+    that size; the rest (a last partial batch, the photos of one answer) one
+    photo at a time through a session specialised to one photo. Each session
+    is made on first use: a command that answers photos never builds the
+    batch one. ``spin``: see :func:`onnx_session`.
     """
 
     def __init__(self, spec: BackboneSpec, graph: bytes, path: str, threads: int | None = None, spin: bool = True):
         self.spec, self.path, self._graph, self._threads, self._spin = spec, path, graph, threads, spin
-        self._fixed: Any = None
-        self._dynamic: Any = None
+        self._sessions: dict[int, Any] = {}
+
+    def _session(self, batch: int) -> Any:
+        if batch not in self._sessions:
+            self._sessions[batch] = onnx_session(self._graph, self._threads, batch=batch, spin=self._spin)
+        return self._sessions[batch]
 
     @property
     def fixed(self) -> Any:
-        if self._fixed is None:
-            self._fixed = onnx_session(self._graph, self._threads, batch=FIXED_BATCH, spin=self._spin)
-        return self._fixed
+        """The session that runs full batches of :data:`FIXED_BATCH`."""
+        return self._session(FIXED_BATCH)
 
     @property
-    def dynamic(self) -> Any:
-        if self._dynamic is None:
-            self._dynamic = onnx_session(self._graph, self._threads, spin=self._spin)
-        return self._dynamic
+    def single(self) -> Any:
+        """The session that runs one photo: an answer's, and each photo left over after the full batches."""
+        return self._session(1)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.uint8)
         full = len(x) - len(x) % FIXED_BATCH
         parts = [self.fixed.run(["features"], {"images": x[i : i + FIXED_BATCH]})[0] for i in range(0, full, FIXED_BATCH)]
-        if full < len(x) or not parts:
-            parts.append(self.dynamic.run(["features"], {"images": x[full:]})[0])
+        parts += [self.single.run(["features"], {"images": x[i : i + 1]})[0] for i in range(full, len(x))]
+        if not parts:  # no photos, no run
+            return np.zeros((0, self.spec.dim), np.float32)
         out: np.ndarray = np.concatenate(parts) if len(parts) > 1 else parts[0]
         return out
 

@@ -127,7 +127,7 @@ def answer_backbone(
         path = as_path(folder) / name
         if path.is_file():
             backbone = OnnxBackbone(spec, path.read_bytes(), str(path), threads, spin=False)  # photos come one at a time
-            backbone.dynamic  # noqa: B018 - the session one photo runs in: made now, and a damaged graph fails at load
+            backbone.single  # noqa: B018 - the session one photo runs in: made now, and a damaged graph fails at load
             return backbone
     from worldnet.features.engine import build_engine  # no graph stored yet: exported once, with PyTorch
 
