@@ -24,7 +24,7 @@ OPSET = 17
 #: Batches of this size run in a session with the batch dimension fixed (ONNX Runtime then plans every shape ahead:
 #: Lite0 ran 110 instead of 135 ms per batch of 16 on 2 cores); the photos left over run one at a time in a session
 #: fixed to one photo, which beat a dynamic batch of any size (Lite0 at 300×600 with its mirror, 2 cores, no
-#: spinning: 41-44 against 56-67 ms a photo for 1 to 15 photos; ``benchmarks/bench_predict.py`` prints the answer's).
+#: spinning: 43-52 against 59-72 ms a photo for 1 to 15 photos, same features; ``benchmarks/bench_onnx_session.py``).
 FIXED_BATCH = 16
 
 
