@@ -31,7 +31,7 @@ def _jpeg(colour, seed: int, size=(96, 72)) -> bytes:
 def predictor(tmp_path_factory) -> Predictor:
     """A worldNET over the tiny random backbone (3 clusters, 64x48 frame), its linear classifier fitted in a second on the
     features of 60 coloured photos: red is Madrid, green Bangkok, blue Boston."""
-    cfg = TrainConfig(classifier="linear", pca_dim=16, head_epochs=20, target_tau_km=150.0)
+    cfg = TrainConfig(classifier="linear", pca_dim=16, head_epochs=20, target_tau_km=150.0, retrieval=False)  # the classifier's own
     rng = np.random.default_rng(0)
     # the backbone does not depend on the model: load it with a model fitted on random features, then fit the real one
     Xr, yr = rng.normal(size=(30, 32)).astype(np.float32), np.arange(30) % 3

@@ -126,6 +126,25 @@ def spherical_mean(
     return float(mlat), float(mlon)
 
 
+#: Photos that lie this far apart on average are worldwide: what the median composition and retrieval are for.
+WORLDWIDE_KM = 2500.0
+
+
+def mean_spread_km(latlon: ArrayLike, sample: int = 1000) -> float:
+    """The mean great-circle distance between two of the photos at ``latlon`` (a seeded sample of ``sample`` of them)."""
+    ll = np.asarray(latlon, dtype=np.float64)
+    if len(ll) < 2:
+        return 0.0
+    pick = np.random.default_rng(0).choice(len(ll), min(sample, len(ll)), replace=False)
+    xyz = latlon_to_xyz(ll[pick, 0], ll[pick, 1])
+    return float(np.arccos(np.clip(xyz @ xyz.T, -1.0, 1.0)).mean() * EARTH_RADIUS_KM)
+
+
+def is_worldwide(latlon: ArrayLike) -> bool:
+    """Whether photos at ``latlon`` lie :data:`WORLDWIDE_KM` apart on average (street_world: yes; the US West, 713 km: no)."""
+    return mean_spread_km(latlon) >= WORLDWIDE_KM
+
+
 def uniform_sphere(n: int, rng: np.random.Generator) -> tuple[FloatArray, FloatArray]:
     """``n`` points uniform on the sphere (uniform in area, not in degrees)."""
     z = rng.uniform(-1.0, 1.0, n)

@@ -32,6 +32,7 @@ from worldnet import defaults
 from worldnet.features.names import View
 from worldnet.features.specs import saved_view
 from worldnet.io import write_with_atomic
+from worldnet.models.retrieval import Retrieval, retrieval_from
 from worldnet.storage import as_path
 
 #: Bumped when the twin's layout changes; a twin of another format is rebuilt from its ``.pt``.
@@ -83,8 +84,18 @@ def twin_arrays(blob: Mapping[str, Any], source_sha256: str) -> dict[str, np.nda
         "dims": [int(d) for d in blob["dims"]],
         "metrics": {k: float(v) for k, v in dict(blob.get("metrics", {})).items()},
         "weights_id": str(blob["weights_id"]) if blob.get("weights_id") else None,
+        "retrieval": dict(blob["retrieval"]["settings"]) if blob.get("retrieval") is not None else None,
     }
+    extra = {}
+    if blob.get("retrieval") is not None:
+        r = blob["retrieval"]
+        extra = {
+            "ret_mean": _np(r["mean"], np.float32),
+            "ret_memory": _np(r["memory"], np.float16),
+            "ret_labels": _np(r["labels"], np.int64),
+        }
     return {
+        **extra,
         "meta": np.array(json.dumps(meta)),
         "std_mean": _np(blob["mean"], np.float32),
         "std_std": _np(blob["std"], np.float32),
@@ -222,6 +233,8 @@ class NumpyWorldNet:
     view: View | None = None
     #: The backbone's weights fingerprint when its last stages were fine-tuned (names its ONNX graph); None: pretrained.
     weights_id: str | None = None
+    #: The nearest training photos' vote (:mod:`worldnet.models.retrieval`); None: the classifier's distribution alone.
+    retrieval: Retrieval | None = None
 
     @classmethod
     def from_arrays(cls, meta: dict[str, Any], a: Mapping[str, np.ndarray]) -> NumpyWorldNet:
@@ -259,6 +272,11 @@ class NumpyWorldNet:
             frame=(int(frame[0]), int(frame[1])) if frame else None,
             view=View(view.get("height"), bool(view.get("flip", False))),
             weights_id=str(meta["weights_id"]) if meta.get("weights_id") else None,
+            retrieval=(
+                retrieval_from(a["ret_mean"], a["ret_memory"], a["ret_labels"], k, meta["retrieval"])
+                if meta.get("retrieval") is not None
+                else None
+            ),
         )
 
     def standardise(self, X: np.ndarray) -> np.ndarray:
@@ -292,8 +310,10 @@ class NumpyWorldNet:
         return compose(self.weights(p), self.centroid_xyz, self.median_steps)
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 2) lat/lon before land snapping, and (N, K) classifier probabilities (float32)."""
+        """(N, 2) lat/lon before land snapping, and (N, K) distributions over the centroids (float32; with retrieval's vote)."""
         probs = self.proba(X).astype(np.float32)
+        if self.retrieval is not None:
+            probs = self.retrieval.blend(probs, X)
         return self.locate(probs), probs
 
 

@@ -30,6 +30,7 @@ from worldnet.features.specs import saved_view
 from worldnet.geo.land import snap_to_land
 from worldnet.geo.regions import continent_of, country_of
 from worldnet.io import write_with_atomic
+from worldnet.models.retrieval import retrieval_from
 from worldnet.storage import as_path
 
 if TYPE_CHECKING:  # the answer path (ONNX Runtime and numpy: worldnet.models.numpy_model) never imports torch
@@ -99,6 +100,14 @@ def save_worldnet(
         "head": wn.head.state_dict(),
         "metrics": {k: float(v) for k, v in wn.metrics.items()},
     }
+    if wn.retrieval is not None:
+        r = wn.retrieval
+        blob["retrieval"] = {
+            "mean": torch.from_numpy(np.ascontiguousarray(r.mean, dtype=np.float32)),
+            "memory": torch.from_numpy(np.ascontiguousarray(r.memory, dtype=np.float16)),
+            "labels": torch.from_numpy(np.ascontiguousarray(r.labels, dtype=np.int64)),
+            "settings": {"k": int(r.k), "tau": float(r.tau), "mix": float(r.mix)},
+        }
     tuned = as_path(finetuned).read_bytes() if finetuned is not None else wn.finetuned
     if tuned is not None:
         from worldnet.features.onnx_graph import bytes_fingerprint
@@ -204,6 +213,9 @@ def load_worldnet(path: str | Path | UPath) -> tuple[WorldNet, str, bool]:
     if blob.get("frame"):
         wn.frame = (int(blob["frame"][0]), int(blob["frame"][1]))
     wn.view = saved_view(str(blob["backbone"]), blob.get("view"))
+    if blob.get("retrieval") is not None:
+        r = blob["retrieval"]
+        wn.retrieval = retrieval_from(r["mean"].numpy(), r["memory"].numpy(), r["labels"].numpy(), len(c), r["settings"])
     if blob.get("finetuned") is not None:
         wn.finetuned = blob["finetuned"].numpy().tobytes()
         wn.weights_id = str(blob["weights_id"])

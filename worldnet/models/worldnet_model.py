@@ -44,9 +44,10 @@ from torch import nn
 
 from worldnet import defaults
 from worldnet.features.names import View
-from worldnet.geo.sphere import EARTH_RADIUS_KM, haversine_km_torch, latlon_to_xyz
+from worldnet.geo.sphere import EARTH_RADIUS_KM, haversine_km_torch, is_worldwide, latlon_to_xyz
 from worldnet.head_modes import HEAD_MODES
 from worldnet.models.linear import fit_softmax, smoothed_targets, torch_threads, training_threads, whitening
+from worldnet.models.retrieval import Retrieval, embed, fold_votes, mix_votes, retrieval_for
 
 
 @dataclass
@@ -93,6 +94,9 @@ class TrainConfig:
     #: Weiszfeld steps from the head's weighted mean toward the weighted geometric median (0: the paper's mean; see
     #: :func:`compose`); None: :func:`median_steps_for` the training photos (10 for worldwide data, 0 for one region).
     median_steps: int | None = None
+    #: Mix a vote of the nearest training photos into the classifier's distribution (:mod:`worldnet.models.retrieval`);
+    #: None: :func:`~worldnet.models.retrieval.retrieval_for` the training photos (on for worldwide data, off in a region).
+    retrieval: bool | None = None
     seed: int = 0
 
 
@@ -246,11 +250,8 @@ class InterpolationHead(nn.Module):
 
 
 #: Photos this far apart on average (km) are spread over continents: there the head composes toward the median.
-WORLDWIDE_KM = 2500.0
-
-
-def median_steps_for(latlon: np.ndarray, steps: int = 10, sample: int = 1000) -> int:
-    """Weiszfeld steps for data spread like ``latlon``: ``steps`` when photos lie :data:`WORLDWIDE_KM` apart on average, else 0.
+def median_steps_for(latlon: np.ndarray, steps: int = 10) -> int:
+    """Weiszfeld steps for data spread like ``latlon``: ``steps`` for worldwide photos (:func:`~worldnet.geo.sphere.is_worldwide`), else 0.
 
     Worldwide, the weighted mean of distant centroids lands in an ocean and the
     median helps: photos within 1,000 km of the truth went from 35% to 42% on
@@ -258,13 +259,7 @@ def median_steps_for(latlon: np.ndarray, steps: int = 10, sample: int = 1000) ->
     the two agree, except that the median cost 1.5% on unseen cells of the US
     West, so a region keeps the paper's mean (docs/worldwide.md).
     """
-    ll = np.asarray(latlon, dtype=np.float64)
-    if len(ll) < 2:
-        return 0
-    pick = np.random.default_rng(0).choice(len(ll), min(sample, len(ll)), replace=False)
-    xyz = latlon_to_xyz(ll[pick, 0], ll[pick, 1])
-    mean_km = float(np.arccos(np.clip(xyz @ xyz.T, -1.0, 1.0)).mean() * EARTH_RADIUS_KM)
-    return steps if mean_km >= WORLDWIDE_KM else 0
+    return steps if is_worldwide(latlon) else 0
 
 
 def compose(weights: torch.Tensor, centroid_xyz: torch.Tensor, median_steps: int = 0) -> torch.Tensor:
@@ -543,17 +538,20 @@ def crossfit_probs(
     cities) or their place (unseen places of seen cities). ``epochs``: how
     long the full classifier trained (see :func:`fold_budget`).
     """
-    uniq = np.array(sorted(set(groups.tolist())))
-    rng = np.random.default_rng(cfg.seed)
-    folds = np.array_split(uniq[rng.permutation(len(uniq))], min(cfg.crossfit_folds, len(uniq)))
     out = torch.zeros(len(X), k)
     fold_cfg = fold_budget(cfg, epochs)
-    for fold in folds:
-        held = np.isin(groups, fold)
+    for held in group_folds(groups, cfg.crossfit_folds, cfg.seed):
         fold_targets = targets[~held] if targets is not None else None
         model, _ = train_classifier(X[~held], y[~held], None, None, k, fold_cfg, fold_targets)
         out[held] = predict_proba(model, X[held])
     return out
+
+
+def group_folds(groups: np.ndarray, n_folds: int, seed: int = 0) -> list[np.ndarray]:
+    """Boolean masks of ``n_folds`` folds (fewer when there are fewer groups) that each hold out whole ``groups``, seeded."""
+    uniq = np.array(sorted(set(groups.tolist())))
+    rng = np.random.default_rng(seed)
+    return [np.isin(groups, fold) for fold in np.array_split(uniq[rng.permutation(len(uniq))], min(n_folds, len(uniq)))]
 
 
 def fold_budget(cfg: TrainConfig, epochs: int | None = None) -> TrainConfig:
@@ -600,13 +598,17 @@ class WorldNet:
     #: The ``finetune`` stage's file (its bytes) when the backbone's last stages were fine-tuned, and its fingerprint.
     finetuned: bytes | None = None
     weights_id: str | None = None
+    #: The nearest training photos' vote mixed into the classifier's distribution (worldwide data); None: the classifier's alone.
+    retrieval: Retrieval | None = None
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 2) lat/lon before land snapping, and (N, K) classifier probabilities."""
-        probs = predict_proba(self.classifier, self.standardiser(X))
+        """(N, 2) lat/lon before land snapping, and (N, K) distributions over the centroids (the classifier's, with retrieval's vote)."""
+        probs = predict_proba(self.classifier, self.standardiser(X)).numpy()
+        if self.retrieval is not None:
+            probs = self.retrieval.blend(probs, X)
         with torch.no_grad():
-            latlon = self.head(probs).numpy().astype(np.float64)
-        return latlon, probs.numpy()
+            latlon = self.head(torch.from_numpy(probs)).numpy().astype(np.float64)
+        return latlon, probs
 
     def locate(self, probs: np.ndarray) -> np.ndarray:
         """(N, 2) lat/lon before land snapping for (N, K) distributions over the centroids: the interpolation head alone."""
@@ -698,21 +700,33 @@ def fit_interpolation(
     cfg = cfg or TrainConfig()
     k = len(centroids_latlon)
     Xt = fit.standardiser(X_train)
+    use_retrieval = retrieval_for(latlon_train) if cfg.retrieval is None else cfg.retrieval
+    retrieval = Retrieval.fit(X_train, y_train, k, seed=cfg.seed) if use_retrieval else None
+    with_outer = cfg.calibrate_on_groups and outer_groups is not None and len(set(outer_groups.tolist())) >= 2
     if mode == "crossfit":
         targets = classifier_targets(latlon_train, centroids_latlon, y_train, cfg)
         probs = crossfit_probs(Xt, y_train, groups_train, k, cfg, targets, trained_epochs(fit))
-        if cfg.calibrate_on_groups and outer_groups is not None and len(set(outer_groups.tolist())) >= 2:
-            outer = crossfit_probs(Xt, y_train, outer_groups, k, cfg, targets, trained_epochs(fit))
-            probs, latlon_train = torch.cat([probs, outer]), np.concatenate([latlon_train, latlon_train])
+        if with_outer:
+            outer = crossfit_probs(Xt, y_train, outer_groups, k, cfg, targets, trained_epochs(fit))  # type: ignore[arg-type]
+            probs = torch.cat([probs, outer])
         weight_decay = cfg.crossfit_weight_decay
     else:
         probs, weight_decay = predict_proba(fit.classifier, Xt), cfg.head_weight_decay
+    if retrieval is not None:  # each row's vote from the other folds' photos, as a new photo's comes from the training photos
+        E = embed(X_train, retrieval.mean)
+        votes = [fold_votes(E, y_train, group_folds(groups_train, cfg.crossfit_folds, cfg.seed), k, retrieval.k, retrieval.tau)]
+        if mode == "crossfit" and with_outer:
+            votes.append(fold_votes(E, y_train, group_folds(outer_groups, cfg.crossfit_folds, cfg.seed), k, retrieval.k, retrieval.tau))  # type: ignore[arg-type]
+        probs = torch.from_numpy(mix_votes(probs.numpy(), np.concatenate(votes), retrieval.mix))
+    if mode == "crossfit" and with_outer:
+        latlon_train = np.concatenate([latlon_train, latlon_train])
     if head_rows is not None:
         keep = np.concatenate([head_rows] * (len(probs) // len(head_rows)))
         probs, latlon_train = probs[torch.from_numpy(keep)], latlon_train[keep]
     head, losses = train_head(probs, latlon_train, centroids_latlon, cfg, weight_decay)
     metrics = {**fit.metrics, "head_final_loss_km": losses[-1], "head_weight_decay": weight_decay}
-    return WorldNet(fit.standardiser, fit.classifier, head, centroids_latlon, centroid_names, mode, metrics)
+    metrics["retrieval"] = float(retrieval is not None)
+    return WorldNet(fit.standardiser, fit.classifier, head, centroids_latlon, centroid_names, mode, metrics, retrieval=retrieval)
 
 
 def fit_worldnet(
