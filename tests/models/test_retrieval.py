@@ -101,3 +101,15 @@ def test_a_random_model_with_retrieval_has_a_twin_that_agrees(tmp_path):
     (a, pa), (b, pb) = load_worldnet(path)[0].predict(X), read_twin(twin_path(path)).predict(X)
     np.testing.assert_allclose(pb, pa, atol=1e-4)
     assert haversine_km(a[:, 0], a[:, 1], b[:, 0], b[:, 1]).max() < 1.0
+
+
+def test_training_votes_come_from_a_memory_as_large_as_the_models():
+    """Above the model's memory the other folds are sampled down to it, so a training vote sees neighbours as dense as an answer's."""
+    X, y = _clustered(n_per=40, k=3)
+    E = embed(X, X.mean(0))
+    folds = group_folds(np.arange(120), 2, seed=0)
+    full, capped = fold_votes(E, y, folds, 3, k=5), fold_votes(E, y, folds, 3, k=5, max_memory=12)
+    assert np.allclose(full.sum(1), 1.0) and np.allclose(capped.sum(1), 1.0)
+    assert not np.allclose(full, capped)  # fewer, farther neighbours
+    single = fold_votes(E, y, [np.ones(120, bool)], 3)
+    assert not single.any()  # no other fold: no vote (the head then trains on the classifier's distribution alone)

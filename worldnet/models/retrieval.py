@@ -146,10 +146,21 @@ def mix_votes(probs: np.ndarray, votes: np.ndarray, mix: float) -> np.ndarray:
     return out
 
 
-def fold_votes(E: np.ndarray, labels: np.ndarray, folds: list[np.ndarray], n_clusters: int, k: int = K, tau: float = TAU) -> np.ndarray:
+def fold_votes(
+    E: np.ndarray,
+    labels: np.ndarray,
+    folds: list[np.ndarray],
+    n_clusters: int,
+    k: int = K,
+    tau: float = TAU,
+    max_memory: int = MAX_MEMORY,
+    seed: int = 0,
+) -> np.ndarray:
     """(N, K) each row's vote from the rows of the other folds only, as a new photo's vote comes from training photos.
 
-    ``E``: embedded rows (:func:`embed`); ``folds``: boolean masks that cover the rows once.
+    ``E``: embedded rows (:func:`embed`); ``folds``: boolean masks that cover the rows once. The other folds are sampled
+    down to the model's ``max_memory`` as :meth:`Retrieval.fit` keeps them, so training votes come from neighbours as
+    dense as an answer's. A row with no other fold (a single group) gets no vote: a row of zeros.
     """
     from worldnet.models.baselines import nearest_neighbours
 
@@ -158,6 +169,7 @@ def fold_votes(E: np.ndarray, labels: np.ndarray, folds: list[np.ndarray], n_clu
         ref = np.flatnonzero(~held)
         if len(ref) == 0 or not held.any():
             continue
+        ref = ref[sample_memory(labels[ref], max_memory, seed)]
         kk = min(k, len(ref))
         dist, idx = nearest_neighbours(E[ref], E[held], kk)
         out[held] = vote(1.0 - dist**2 / 2.0, labels[ref][idx], n_clusters, tau)

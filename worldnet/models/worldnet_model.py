@@ -717,7 +717,10 @@ def fit_interpolation(
         votes = [fold_votes(E, y_train, group_folds(groups_train, cfg.crossfit_folds, cfg.seed), k, retrieval.k, retrieval.tau)]
         if mode == "crossfit" and with_outer:
             votes.append(fold_votes(E, y_train, group_folds(outer_groups, cfg.crossfit_folds, cfg.seed), k, retrieval.k, retrieval.tau))  # type: ignore[arg-type]
-        probs = torch.from_numpy(mix_votes(probs.numpy(), np.concatenate(votes), retrieval.mix))
+        v = np.concatenate(votes)
+        none = v.sum(axis=1) == 0  # no other fold to vote (a single group): the classifier's distribution alone
+        v[none] = probs.numpy()[none]
+        probs = torch.from_numpy(mix_votes(probs.numpy(), v, retrieval.mix))
     if mode == "crossfit" and with_outer:
         latlon_train = np.concatenate([latlon_train, latlon_train])
     if head_rows is not None:
