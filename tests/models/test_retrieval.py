@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from tests.models.test_numpy_model import DIM, K, _model
-from worldnet.geo.sphere import haversine_km
+from worldnet.geo.sphere import haversine_km, is_worldwide
 from worldnet.models.numpy_model import read_twin, twin_path
 from worldnet.models.predictor import load_worldnet, save_worldnet
-from worldnet.models.retrieval import Retrieval, embed, fold_votes, retrieval_for, sample_memory
+from worldnet.models.retrieval import Retrieval, embed, fold_votes, sample_memory
 from worldnet.models.worldnet_model import TrainConfig, fit_worldnet, group_folds
 
 
@@ -57,7 +57,7 @@ def test_memory_is_capped_with_every_cluster_kept():
 def test_on_for_worldwide_photos_off_in_one_region():
     world = np.array([[48.9, 2.4], [35.7, 139.7], [-33.9, 151.2], [40.7, -74.0], [-23.5, -46.6]])
     us_west = np.array([[37.8, -122.4], [34.1, -118.2], [47.6, -122.3], [36.2, -115.1], [45.5, -122.7]])
-    assert retrieval_for(world) and not retrieval_for(us_west)
+    assert is_worldwide(world) and not is_worldwide(us_west)
 
 
 def test_training_mixes_it_where_the_data_is_worldwide_and_a_saved_model_answers_alike_on_both_paths(tmp_path):

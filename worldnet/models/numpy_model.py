@@ -84,11 +84,10 @@ def twin_arrays(blob: Mapping[str, Any], source_sha256: str) -> dict[str, np.nda
         "dims": [int(d) for d in blob["dims"]],
         "metrics": {k: float(v) for k, v in dict(blob.get("metrics", {})).items()},
         "weights_id": str(blob["weights_id"]) if blob.get("weights_id") else None,
-        "retrieval": dict(blob["retrieval"]["settings"]) if blob.get("retrieval") is not None else None,
+        "retrieval": dict(r["settings"]) if (r := blob.get("retrieval")) is not None else None,
     }
     extra = {}
-    if blob.get("retrieval") is not None:
-        r = blob["retrieval"]
+    if r is not None:
         extra = {
             "ret_mean": _np(r["mean"], np.float32),
             "ret_memory": _np(r["memory"], np.float16),

@@ -11,7 +11,7 @@ vote taken from the other crossfit folds (:func:`fold_votes`). On
 to 0.558 of the best constant, unseen groups from 0.921 to 0.886 and the other
 collection from 0.987 to 0.973. Within one region (the US West) the vote
 helped unseen places but cost unseen cells 5%, so, like the median
-composition, it applies to worldwide data (:func:`retrieval_for`;
+composition, it applies to worldwide data (:func:`~worldnet.geo.sphere.is_worldwide`;
 docs/worldwide.md, "Retrieval beside the classifier").
 
 Numpy only: the answer path (:mod:`worldnet.models.numpy_model`) uses it
@@ -25,31 +25,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worldnet.geo.sphere import is_worldwide
-
 #: Neighbours that vote, the softmax temperature of their cosine similarity, and the vote's share of the mix.
 K = 30
 TAU = 0.1
 MIX = 0.5
 #: At most this many training photos are kept (a seeded sample, every cluster kept): 10k × 1,280 float32 is 51 MB.
 MAX_MEMORY = 10_000
-#: The signed power of the features before centring (as the classifier's ``feature_power``).
-POWER = 0.5
 
 
-def retrieval_for(latlon: np.ndarray) -> bool:
-    """Whether retrieval applies to training photos at ``latlon``: where they are worldwide (:func:`~worldnet.geo.sphere.is_worldwide`)."""
-    return is_worldwide(latlon)
-
-
-def _powered(X: np.ndarray) -> np.ndarray:
+def _signed_sqrt(X: np.ndarray) -> np.ndarray:
+    """The signed square root of each feature (as the classifier's ``feature_power`` of 0.5)."""
     x = np.asarray(X, dtype=np.float32)
-    return np.sign(x) * np.sqrt(np.abs(x)) if POWER == 0.5 else np.sign(x) * np.abs(x) ** POWER
+    out: np.ndarray = np.sign(x) * np.sqrt(np.abs(x))
+    return out
 
 
 def embed(X: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """Features as retrieval compares them: signed square root, centred on the training mean, unit length (float32)."""
-    e = _powered(X) - mean
+    e = _signed_sqrt(X) - mean
     out: np.ndarray = (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9)).astype(np.float32)
     return out
 
@@ -87,9 +80,27 @@ class Retrieval:
     tau: float = TAU
     mix: float = MIX
 
+    def __post_init__(self) -> None:
+        """Raises ValueError unless one label per memory row, each a cluster, and the mean as wide as the rows."""
+        if self.memory.ndim != 2 or len(self.memory) != len(self.labels) or len(self.labels) == 0:
+            raise ValueError(f"retrieval needs one cluster label per training photo ({len(self.memory)} photos, {len(self.labels)} labels)")
+        if np.shape(self.mean) != (self.memory.shape[1],):
+            raise ValueError(f"retrieval's mean has shape {np.shape(self.mean)}, its rows {self.memory.shape[1]} features")
+        if self.labels.min() < 0 or self.labels.max() >= self.n_clusters:
+            raise ValueError(f"retrieval's cluster labels must lie in 0..{self.n_clusters - 1}")
+
     @classmethod
     def fit(
-        cls, X: np.ndarray, labels: np.ndarray, n_clusters: int, *, max_memory: int = MAX_MEMORY, seed: int = 0, **settings: float
+        cls,
+        X: np.ndarray,
+        labels: np.ndarray,
+        n_clusters: int,
+        *,
+        max_memory: int = MAX_MEMORY,
+        seed: int = 0,
+        k: int = K,
+        tau: float = TAU,
+        mix: float = MIX,
     ) -> Retrieval:
         """Keep the training photos ``X`` (raw features) with their cluster ``labels``.
 
@@ -99,12 +110,10 @@ class Retrieval:
         labels = np.asarray(labels, dtype=np.int64)
         if len(X) != len(labels) or len(X) == 0:
             raise ValueError(f"retrieval needs one cluster label per training photo ({len(X)} photos, {len(labels)} labels)")
-        if labels.min() < 0 or labels.max() >= n_clusters:
-            raise ValueError(f"cluster labels must lie in 0..{n_clusters - 1}")
-        mean = _powered(X).mean(axis=0).astype(np.float32)
+        mean = _signed_sqrt(X).mean(axis=0).astype(np.float32)
         keep = sample_memory(labels, max_memory, seed)
         memory = embed(np.asarray(X)[keep], mean).astype(np.float16).astype(np.float32)  # as saved: the model answers alike
-        return cls(mean, memory, labels[keep], int(n_clusters), **settings)  # type: ignore[arg-type]
+        return cls(mean, memory, labels[keep], int(n_clusters), k, tau, mix)
 
     def votes(self, X: np.ndarray) -> np.ndarray:
         """(N, K) the vote of each row's :attr:`k` nearest training photos, row by row (see the module docs)."""
@@ -129,13 +138,8 @@ def retrieval_from(mean: np.ndarray, memory: np.ndarray, labels: np.ndarray, n_c
     Raises:
         ValueError: The arrays do not fit together.
     """
-    mem = np.asarray(memory, dtype=np.float32)
-    lab = np.asarray(labels, dtype=np.int64)
-    if mem.ndim != 2 or len(mem) != len(lab) or np.shape(mean) != (mem.shape[1],) or len(lab) == 0:
-        raise ValueError("the saved retrieval's memory, labels and mean do not fit together")
-    if lab.min() < 0 or lab.max() >= n_clusters:
-        raise ValueError(f"the saved retrieval's labels are not clusters 0..{n_clusters - 1}")
     k, tau, mix = int(settings["k"]), float(settings["tau"]), float(settings["mix"])
+    mem, lab = np.asarray(memory, dtype=np.float32), np.asarray(labels, dtype=np.int64)
     return Retrieval(np.asarray(mean, np.float32), mem, lab, int(n_clusters), k, tau, mix)
 
 
@@ -176,4 +180,4 @@ def fold_votes(
     return out
 
 
-__all__ = ["Retrieval", "embed", "fold_votes", "mix_votes", "retrieval_for", "retrieval_from", "sample_memory", "vote"]
+__all__ = ["Retrieval", "embed", "fold_votes", "mix_votes", "retrieval_from", "sample_memory", "vote"]

@@ -47,7 +47,7 @@ from worldnet.features.names import View
 from worldnet.geo.sphere import EARTH_RADIUS_KM, haversine_km_torch, is_worldwide, latlon_to_xyz
 from worldnet.head_modes import HEAD_MODES
 from worldnet.models.linear import fit_softmax, smoothed_targets, torch_threads, training_threads, whitening
-from worldnet.models.retrieval import Retrieval, embed, fold_votes, mix_votes, retrieval_for
+from worldnet.models.retrieval import Retrieval, embed, fold_votes, mix_votes
 
 
 @dataclass
@@ -95,7 +95,7 @@ class TrainConfig:
     #: :func:`compose`); None: :func:`median_steps_for` the training photos (10 for worldwide data, 0 for one region).
     median_steps: int | None = None
     #: Mix a vote of the nearest training photos into the classifier's distribution (:mod:`worldnet.models.retrieval`);
-    #: None: :func:`~worldnet.models.retrieval.retrieval_for` the training photos (on for worldwide data, off in a region).
+    #: None: on where the training photos are worldwide (:func:`~worldnet.geo.sphere.is_worldwide`), off in a region.
     retrieval: bool | None = None
     seed: int = 0
 
@@ -249,7 +249,6 @@ class InterpolationHead(nn.Module):
         return compose(self.weights(probs), self.centroid_xyz, int(self.median_steps))
 
 
-#: Photos this far apart on average (km) are spread over continents: there the head composes toward the median.
 def median_steps_for(latlon: np.ndarray, steps: int = 10) -> int:
     """Weiszfeld steps for data spread like ``latlon``: ``steps`` for worldwide photos (:func:`~worldnet.geo.sphere.is_worldwide`), else 0.
 
@@ -700,29 +699,27 @@ def fit_interpolation(
     cfg = cfg or TrainConfig()
     k = len(centroids_latlon)
     Xt = fit.standardiser(X_train)
-    use_retrieval = retrieval_for(latlon_train) if cfg.retrieval is None else cfg.retrieval
+    use_retrieval = is_worldwide(latlon_train) if cfg.retrieval is None else cfg.retrieval
     retrieval = Retrieval.fit(X_train, y_train, k, seed=cfg.seed) if use_retrieval else None
-    with_outer = cfg.calibrate_on_groups and outer_groups is not None and len(set(outer_groups.tolist())) >= 2
+    fold_groups = [groups_train]  # what each copy of the training rows holds out (the head's rows, in order)
     if mode == "crossfit":
         targets = classifier_targets(latlon_train, centroids_latlon, y_train, cfg)
         probs = crossfit_probs(Xt, y_train, groups_train, k, cfg, targets, trained_epochs(fit))
-        if with_outer:
-            outer = crossfit_probs(Xt, y_train, outer_groups, k, cfg, targets, trained_epochs(fit))  # type: ignore[arg-type]
-            probs = torch.cat([probs, outer])
+        if cfg.calibrate_on_groups and outer_groups is not None and len(set(outer_groups.tolist())) >= 2:
+            outer = crossfit_probs(Xt, y_train, outer_groups, k, cfg, targets, trained_epochs(fit))
+            probs, latlon_train = torch.cat([probs, outer]), np.concatenate([latlon_train, latlon_train])
+            fold_groups.append(outer_groups)
         weight_decay = cfg.crossfit_weight_decay
     else:
         probs, weight_decay = predict_proba(fit.classifier, Xt), cfg.head_weight_decay
     if retrieval is not None:  # each row's vote from the other folds' photos, as a new photo's comes from the training photos
         E = embed(X_train, retrieval.mean)
-        votes = [fold_votes(E, y_train, group_folds(groups_train, cfg.crossfit_folds, cfg.seed), k, retrieval.k, retrieval.tau)]
-        if mode == "crossfit" and with_outer:
-            votes.append(fold_votes(E, y_train, group_folds(outer_groups, cfg.crossfit_folds, cfg.seed), k, retrieval.k, retrieval.tau))  # type: ignore[arg-type]
-        v = np.concatenate(votes)
+        v = np.concatenate(
+            [fold_votes(E, y_train, group_folds(g, cfg.crossfit_folds, cfg.seed), k, retrieval.k, retrieval.tau) for g in fold_groups]
+        )
         none = v.sum(axis=1) == 0  # no other fold to vote (a single group): the classifier's distribution alone
         v[none] = probs.numpy()[none]
         probs = torch.from_numpy(mix_votes(probs.numpy(), v, retrieval.mix))
-    if mode == "crossfit" and with_outer:
-        latlon_train = np.concatenate([latlon_train, latlon_train])
     if head_rows is not None:
         keep = np.concatenate([head_rows] * (len(probs) // len(head_rows)))
         probs, latlon_train = probs[torch.from_numpy(keep)], latlon_train[keep]
