@@ -9,7 +9,9 @@ interleaved round by round (this machine is shared: a ratio measured side by
 side is a fact, an absolute time is not):
 
 * ``cached``   — the ``finetune`` stage's way: the trained stages and ``conv_head``
-  forward and backward on cached front activations (float16, as stored);
+  forward and backward on cached front activations (float16, as stored), in
+  channels-last memory;
+* ``cached:nchw`` — the same in PyTorch's default (NCHW) memory layout;
 * ``recompute``— the same trained stages, the frozen front recomputed for
   every batch (no gradient through it): what an epoch costs without the cache;
 * ``full``     — backprop through the whole backbone, every stage trained.
@@ -23,6 +25,7 @@ epochs) extrapolated to ``--photos``.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -74,10 +77,15 @@ def main() -> None:
         cached = cached.clone()
         tail_model = nn.Sequential(tail, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
         opt_tail = torch.optim.AdamW(list(tail.parameters()) + list(head.parameters()), lr=1e-5)
+        tail_cl = copy.deepcopy(tail_model).to(memory_format=torch.channels_last)
+        opt_cl = torch.optim.AdamW(tail_cl.parameters(), lr=1e-5)
         full_model = nn.Sequential(front, tail, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
         opt_full = torch.optim.AdamW(full_model.parameters(), lr=1e-5)
 
         def cached_step() -> None:
+            _step(tail_cl, [], cached.float().contiguous(memory_format=torch.channels_last), y, opt_cl)
+
+        def nchw_step() -> None:
             _step(tail_model, [], cached.float(), y, opt_tail)
 
         def recompute_step() -> None:
@@ -90,7 +98,7 @@ def main() -> None:
 
         runners = {"onnx": _front_runner(front, bb, "onnx", torch.get_num_threads())} if dev.type == "cpu" else {}
         runners["torch"] = _front_runner(front, bb, "torch", torch.get_num_threads())
-        steps = {"cached": cached_step, "recompute": recompute_step, "full": full_step}
+        steps = {"cached": cached_step, "cached:nchw": nchw_step, "recompute": recompute_step, "full": full_step}
         times: dict[str, list[float]] = {n: [] for n in [*steps, *(f"cache:{e}" for e in runners)]}
         for fn in [*steps.values()]:  # warm-up
             fn()
@@ -114,6 +122,7 @@ def main() -> None:
         for n, v in med.items():
             print(f"  {n:14s} {v * 1000:8.1f} ms/photo")
         print(f"  recompute / cached: {med['recompute'] / med['cached']:.2f}x   full / cached: {med['full'] / med['cached']:.2f}x")
+        print(f"  cached, NCHW / channels-last: {med['cached:nchw'] / med['cached']:.2f}x")
         if "cache:onnx" in med:
             print(f"  cache build torch / onnx: {med['cache:torch'] / med['cache:onnx']:.2f}x")
         build = min(v for n, v in med.items() if n.startswith("cache:"))

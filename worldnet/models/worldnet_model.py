@@ -378,74 +378,121 @@ def _train_mlp(
 ) -> tuple[CentroidClassifier, dict[str, float]]:
     """The paper's classifier: AdamW + cross-entropy (on soft ``targets`` when given), keeping the best validation epoch.
 
-    An ensemble (:func:`mlp_members`) trains its members one after another,
-    each from its own seed and stopped at its own best epoch, then packs them
-    into one module that runs them as a single batched product.
+    An ensemble (:func:`mlp_members`) trains its members side by side (:func:`_train_members`), each from its own
+    seed and stopped at its own best epoch, in one module that runs them as a single batched product.
     """
     soft = torch.from_numpy(targets if targets is not None else one_hot_targets(y, k, 0.05))
-    trained = [_train_member(X, soft, X_val, y_val, k, cfg, cfg.seed + 7919 * i) for i in range(mlp_members(len(X), cfg))]
-    if len(trained) == 1:
-        return trained[0]
-    model = pack_members([m for m, _ in trained], cfg.dropout)
-    metrics = {"best_epoch": float(np.mean([m["best_epoch"] for _, m in trained])), "val_accuracy": 0.0, "members": len(trained)}
+    seeds = [cfg.seed + 7919 * i for i in range(mlp_members(len(X), cfg))]
+    return _train_members(X, soft, X_val, y_val, k, cfg, seeds)
+
+
+def _init_member(dim: int, k: int, cfg: TrainConfig, seed: int) -> tuple[nn.Linear, nn.Linear]:
+    """A single MLP's two layers as initialised from ``seed`` (the caller's random state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CentroidClassifier(dim, k, cfg.hidden, cfg.dropout)
+    first, out = model.net[1], model.net[4]
+    if not (isinstance(first, nn.Linear) and isinstance(out, nn.Linear)):
+        raise TypeError("the MLP's layout changed: net[1] and net[4] must be Linear")
+    return first, out
+
+
+def _member_dropout(x: torch.Tensor, p: float, gens: list[torch.Generator]) -> torch.Tensor:
+    """Dropout of each member's slice of ``x`` (members, rows, width), its mask drawn from that member's generator."""
+    if p <= 0:
+        return x
+    keep = torch.stack([torch.rand(x.shape[1:], generator=g) for g in gens]) >= p
+    return x * keep / (1.0 - p)
+
+
+def _train_members(
+    X: torch.Tensor,
+    soft: torch.Tensor,
+    X_val: torch.Tensor | None,
+    y_val: np.ndarray | None,
+    k: int,
+    cfg: TrainConfig,
+    seeds: list[int],
+) -> tuple[CentroidClassifier, dict[str, float]]:
+    """One MLP per seed, trained side by side and early-stopped each on its own validation accuracy; packed in one module.
+
+    Each member draws its initialisation, batch order and dropout from its own seed, as if trained alone: the loss
+    is the sum of the members' losses, so each one's gradient is its own, and AdamW updates element by element. A
+    member is the MLP its seed trains alone (a test checks it); one batched product a step for all of them is
+    what makes an ensemble cheap on a CPU (``benchmarks/bench_train.py``, members side by side against one after
+    another).
+    """
+    m, n = len(seeds), len(X)
+    layers = [_init_member(X.shape[1], k, cfg, s) for s in seeds]
+    w1 = nn.Parameter(torch.stack([a.weight.detach().T for a, _ in layers]).contiguous())  # (members, dim, hidden)
+    b1 = nn.Parameter(torch.stack([a.bias.detach() for a, _ in layers])[:, None, :].clone())
+    w2 = nn.Parameter(torch.stack([b.weight.detach().T for _, b in layers]).contiguous())  # (members, hidden, K)
+    b2 = nn.Parameter(torch.stack([b.bias.detach() for _, b in layers])[:, None, :].clone())
+    params = [w1, b1, w2, b2]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    validate = X_val is not None and y_val is not None and len(y_val) > 0
+    y_val_t = torch.from_numpy(np.asarray(y_val, dtype=np.int64)) if validate else None
+
+    def snapshot(i: int) -> list[torch.Tensor]:
+        return [p[i].detach().clone() for p in params]
+
+    best = [snapshot(i) for i in range(m)]
+    best_acc, best_epoch, bad, done = [-1.0] * m, [0] * m, [0] * m, [False] * m
+    batch = mlp_batch_size(n, cfg)
+    for epoch in range(mlp_epochs(n, cfg)):
+        perms = [torch.randperm(n, generator=g) for g in gens]
+        for start in range(0, n, batch):
+            idx = torch.stack([p[start : start + batch] for p in perms])
+            h = torch.relu(torch.baddbmm(b1, _member_dropout(X[idx], cfg.dropout / 2, gens), w1))
+            logits = torch.baddbmm(b2, _member_dropout(h, cfg.dropout, gens), w2)
+            loss = -(soft[idx] * torch.log_softmax(logits, dim=-1)).sum(-1).mean(-1).sum()
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+        if X_val is None or y_val_t is None:
+            best, best_epoch = [snapshot(i) for i in range(m)], [epoch] * m
+            continue
+        with torch.no_grad():
+            h = torch.relu(torch.einsum("nd,mdh->mnh", X_val, w1) + b1)
+            acc = (torch.baddbmm(b2, h, w2).argmax(-1) == y_val_t).float().mean(-1).tolist()
+        for i in range(m):
+            if done[i]:
+                continue
+            if acc[i] > best_acc[i]:
+                best[i], best_acc[i], best_epoch[i], bad[i] = snapshot(i), acc[i], epoch, 0
+            else:
+                bad[i] += 1
+                done[i] = bad[i] >= cfg.patience
+        if all(done):
+            break
+    model = _pack(best, X.shape[1], k, cfg)
+    if m == 1:
+        return model, {"val_accuracy": max(best_acc[0], 0.0), "best_epoch": float(best_epoch[0])}
+    metrics = {"best_epoch": float(np.mean(best_epoch)), "val_accuracy": 0.0, "members": m}
     if X_val is not None and y_val is not None and len(y_val):
         with torch.no_grad():
             metrics["val_accuracy"] = float((model(X_val).argmax(1).numpy() == y_val).mean())
     return model, metrics
 
 
-def _train_member(
-    X: torch.Tensor, soft: torch.Tensor, X_val: torch.Tensor | None, y_val: np.ndarray | None, k: int, cfg: TrainConfig, seed: int
-) -> tuple[CentroidClassifier, dict[str, float]]:
-    """One MLP from ``seed``, early-stopped on validation accuracy."""
-    torch.manual_seed(seed)
-    model = CentroidClassifier(X.shape[1], k, cfg.hidden, cfg.dropout)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    g = torch.Generator().manual_seed(seed)
-    best_acc, best_state, best_epoch, bad = -1.0, copy.deepcopy(model.state_dict()), 0, 0
-    for epoch in range(mlp_epochs(len(X), cfg)):
-        model.train()
-        for idx in torch.randperm(len(X), generator=g).split(mlp_batch_size(len(X), cfg)):
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(X[idx]), soft[idx])
-            loss.backward()
-            opt.step()
-        if X_val is None or y_val is None or len(y_val) == 0:
-            best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
-            continue
-        model.eval()
-        with torch.no_grad():
-            acc = float((model(X_val).argmax(1).numpy() == y_val).mean())
-        if acc > best_acc:
-            best_acc, best_state, best_epoch, bad = acc, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            bad += 1
-            if bad >= cfg.patience:
-                break
-    model.load_state_dict(best_state)
-    model.eval()
-    return model, {"val_accuracy": max(best_acc, 0.0), "best_epoch": float(best_epoch)}
-
-
-def pack_members(members: list[CentroidClassifier], dropout: float = 0.3) -> CentroidClassifier:
-    """Single-member MLPs of one shape → one :class:`CentroidClassifier` that averages their probabilities."""
-    first = members[0]
-    packed = CentroidClassifier(first.dim, first.k, first.hidden, dropout, members=len(members))
-    hidden_in, out = packed.net[1], packed.net[4]
-    if not (isinstance(hidden_in, nn.Linear) and isinstance(out, MemberLinear)):
-        raise TypeError("the MLP's layout changed: net[1] must be Linear and net[4] MemberLinear")
-    layers: list[tuple[nn.Linear, nn.Linear]] = []
-    for m in members:
-        a, b = m.net[1], m.net[4]
-        if not (isinstance(a, nn.Linear) and isinstance(b, nn.Linear)) or m.members != 1:
-            raise TypeError("only single-member MLPs can be packed")
-        layers.append((a, b))
+def _pack(members: list[list[torch.Tensor]], dim: int, k: int, cfg: TrainConfig) -> CentroidClassifier:
+    """Each member's (w1, b1, w2, b2) as trained by :func:`_train_members` → one :class:`CentroidClassifier`."""
+    with torch.random.fork_rng(devices=[]):
+        model = CentroidClassifier(dim, k, cfg.hidden, cfg.dropout, members=len(members))
+    first, out = model.net[1], model.net[4]
+    if not (isinstance(first, nn.Linear) and isinstance(out, nn.Linear | MemberLinear)):
+        raise TypeError("the MLP's layout changed: net[1] must be Linear and net[4] Linear or MemberLinear")
     with torch.no_grad():
-        hidden_in.weight.copy_(torch.cat([a.weight for a, _ in layers]))
-        hidden_in.bias.copy_(torch.cat([a.bias for a, _ in layers]))
-        out.weight.copy_(torch.stack([b.weight.T for _, b in layers]))
-        out.bias.copy_(torch.stack([b.bias for _, b in layers]))
-    return packed.eval()
+        first.weight.copy_(torch.cat([w1.T for w1, _, _, _ in members]))
+        first.bias.copy_(torch.cat([b1[0] for _, b1, _, _ in members]))
+        if isinstance(out, MemberLinear):
+            out.weight.copy_(torch.stack([w2 for _, _, w2, _ in members]))
+            out.bias.copy_(torch.stack([b2[0] for _, _, _, b2 in members]))
+        else:
+            out.weight.copy_(members[0][2].T)
+            out.bias.copy_(members[0][3][0])
+    return model.eval()
 
 
 def predict_proba(model: CentroidClassifier, X: torch.Tensor) -> torch.Tensor:
