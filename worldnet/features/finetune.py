@@ -505,16 +505,21 @@ def features_from_cache(backbone: Backbone, acts: Activations, stages: int, batc
     """
     _, tail = split_backbone(backbone, stages)
     tail.eval().to(memory_format=torch.channels_last)
+
+    def pooled(x: torch.Tensor) -> torch.Tensor:
+        f: torch.Tensor = tail(x.contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3))
+        return f
+
     out = np.zeros((len(acts.ids), backbone.spec.dim), np.float32)
     with torch.inference_mode():
         for i in range(0, len(acts.ids), batch):
             a = torch.from_numpy(np.asarray(acts.data[i : i + batch])).float()
             n = a.shape[0]
             if acts.mirrored and backbone.spec.flip:
-                f = tail(torch.cat([a[:, 0], a[:, 1]]).contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3))
+                f = pooled(torch.cat([a[:, 0], a[:, 1]]))
                 out[i : i + n] = ((f[:n] + f[n:]) / 2).numpy()
             else:
-                out[i : i + n] = tail(a[:, 0].contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3)).numpy()
+                out[i : i + n] = pooled(a[:, 0]).numpy()
     return out
 
 

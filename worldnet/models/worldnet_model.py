@@ -419,8 +419,7 @@ def _train_members(
     Each member draws its initialisation, batch order and dropout from its own seed, as if trained alone: the loss
     is the sum of the members' losses, so each one's gradient is its own, and AdamW updates element by element. A
     member is the MLP its seed trains alone (a test checks it); one batched product a step for all of them is
-    what makes an ensemble cheap on a CPU (``benchmarks/bench_train.py``, members side by side against one after
-    another).
+    what makes an ensemble cheap on a CPU (``benchmarks/bench_members.py``).
     """
     m, n = len(seeds), len(X)
     layers = [_init_member(X.shape[1], k, cfg, s) for s in seeds]
@@ -431,8 +430,7 @@ def _train_members(
     params = [w1, b1, w2, b2]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    validate = X_val is not None and y_val is not None and len(y_val) > 0
-    y_val_t = torch.from_numpy(np.asarray(y_val, dtype=np.int64)) if validate else None
+    val = (X_val, torch.from_numpy(np.asarray(y_val, dtype=np.int64))) if X_val is not None and y_val is not None and len(y_val) else None
 
     def snapshot(i: int) -> list[torch.Tensor]:
         return [p[i].detach().clone() for p in params]
@@ -450,12 +448,12 @@ def _train_members(
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
-        if X_val is None or y_val_t is None:
+        if val is None:
             best, best_epoch = [snapshot(i) for i in range(m)], [epoch] * m
             continue
         with torch.no_grad():
-            h = torch.relu(torch.einsum("nd,mdh->mnh", X_val, w1) + b1)
-            acc = (torch.baddbmm(b2, h, w2).argmax(-1) == y_val_t).float().mean(-1).tolist()
+            h = torch.relu(torch.einsum("nd,mdh->mnh", val[0], w1) + b1)
+            acc = (torch.baddbmm(b2, h, w2).argmax(-1) == val[1]).float().mean(-1).tolist()
         for i in range(m):
             if done[i]:
                 continue
@@ -470,9 +468,9 @@ def _train_members(
     if m == 1:
         return model, {"val_accuracy": max(best_acc[0], 0.0), "best_epoch": float(best_epoch[0])}
     metrics = {"best_epoch": float(np.mean(best_epoch)), "val_accuracy": 0.0, "members": m}
-    if X_val is not None and y_val is not None and len(y_val):
+    if val is not None:
         with torch.no_grad():
-            metrics["val_accuracy"] = float((model(X_val).argmax(1).numpy() == y_val).mean())
+            metrics["val_accuracy"] = float((model(val[0]).argmax(1) == val[1]).float().mean())
     return model, metrics
 
 
